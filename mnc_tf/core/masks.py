@@ -1,0 +1,86 @@
+"""Box-relative masks ↔ full-image masks, in TF ops (usable in graphs and SavedModels)."""
+
+import tensorflow as tf
+
+
+def paste_masks(masks, boxes, image_size, threshold=0.4):
+    """Paste box-relative soft masks into full-image binary masks.
+
+    A box-relative mask covers its box edge to edge: mask cell ``(i, j)`` of an ``m × m`` mask
+    is centred at ``y1 + (i + 0.5) · (y2 - y1) / m``. Each image pixel ``(r, c)`` (centre
+    ``r + 0.5``) inside the box samples the mask bilinearly; pixels outside the box are 0.
+
+    Args:
+      masks: float ``[K, m, m]`` probabilities.
+      boxes: float32 ``[K, 4]`` ``y1, x1, y2, x2`` in the pixels of the target image.
+      image_size: ``(H, W)`` ints or an int tensor ``[2]``.
+      threshold: binarisation threshold (the released MNC code uses 0.4); ``None`` returns
+        the soft float32 masks instead.
+
+    Returns:
+      uint8 ``[K, H, W]`` (or float32 when ``threshold is None``).
+    """
+    masks = tf.convert_to_tensor(masks, tf.float32)
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    image_size = tf.cast(image_size, tf.int32)
+    height, width = image_size[0], image_size[1]
+    m = tf.cast(tf.shape(masks)[1], tf.float32)
+    y1, x1, y2, x2 = [b[:, None] for b in tf.unstack(boxes, axis=-1)]
+    bh = tf.maximum(y2 - y1, 1e-6)
+    bw = tf.maximum(x2 - x1, 1e-6)
+    rows = tf.range(tf.cast(height, tf.float32)) + 0.5  # pixel centres
+    cols = tf.range(tf.cast(width, tf.float32)) + 0.5
+    # Continuous mask-grid coordinate of every pixel centre, per box: [K, H] and [K, W].
+    gy = (rows[None, :] - y1) / bh * m - 0.5
+    gx = (cols[None, :] - x1) / bw * m - 0.5
+    inside_y = tf.logical_and(rows[None, :] >= y1, rows[None, :] < y2)
+    inside_x = tf.logical_and(cols[None, :] >= x1, cols[None, :] < x2)
+    # Separable bilinear interpolation: resample rows then columns with one-hot weights.
+    wy = _interp_weights(gy, tf.shape(masks)[1])  # [K, H, m]
+    wx = _interp_weights(gx, tf.shape(masks)[2])  # [K, W, m]
+    soft = tf.einsum("khi,kij,kwj->khw", wy, masks, wx)
+    inside = tf.logical_and(inside_y[:, :, None], inside_x[:, None, :])
+    soft = tf.where(inside, soft, 0.0)
+    if threshold is None:
+        return soft
+    return tf.cast(soft >= threshold, tf.uint8)
+
+
+def _interp_weights(coords, size):
+    """Linear-interpolation weights ``[K, P, size]`` for continuous ``coords [K, P]``.
+
+    Coordinates are clamped to the grid (edge replication), so a pixel inside the box but
+    beyond the outermost cell centre takes the edge cell's value.
+    """
+    size_f = tf.cast(size, tf.float32)
+    coords = tf.clip_by_value(coords, 0.0, size_f - 1.0)
+    lo = tf.floor(coords)
+    frac = coords - lo
+    lo_i = tf.cast(lo, tf.int32)
+    hi_i = tf.minimum(lo_i + 1, size - 1)
+    return tf.one_hot(lo_i, size) * (1.0 - frac)[..., None] + tf.one_hot(hi_i, size) * frac[
+        ..., None
+    ]
+
+
+def paste_masks_batched(masks, boxes, num_detections, image_size, threshold=0.4):
+    """:func:`paste_masks` over a padded batch.
+
+    Args:
+      masks: ``[B, K, m, m]``; boxes: ``[B, K, 4]``; num_detections: int ``[B]``;
+      image_size: ``(H, W)`` shared by the batch.
+
+    Returns:
+      uint8 ``[B, K, H, W]``; rows at or beyond ``num_detections`` are all zero.
+    """
+    pasted = tf.map_fn(
+        lambda args: paste_masks(args[0], args[1], image_size, threshold=None),
+        (tf.convert_to_tensor(masks, tf.float32), tf.convert_to_tensor(boxes, tf.float32)),
+        fn_output_signature=tf.float32,
+    )
+    k = tf.shape(pasted)[1]
+    valid = tf.range(k)[None, :] < tf.cast(num_detections, tf.int32)[:, None]
+    pasted = tf.where(valid[:, :, None, None], pasted, 0.0)
+    if threshold is None:
+        return pasted
+    return tf.cast(pasted >= threshold, tf.uint8)
