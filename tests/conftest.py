@@ -1,9 +1,8 @@
-"""Shared pytest setup: quiet TF logs, CPU-only determinism, a fresh Keras session per test."""
+"""Shared pytest setup: quiet TF logs and a fresh Keras session per test."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", os.environ.get("MNC_TEST_GPUS", ""))
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
