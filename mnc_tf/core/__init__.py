@@ -1,5 +1,5 @@
-"""Primitives shared by every part of mnc_tf: box arithmetic and mask pasting."""
+"""Primitives shared by every part of mnc_tf: box arithmetic, NMS and mask pasting."""
 
-from mnc_tf.core import box_ops, masks
+from mnc_tf.core import box_ops, masks, nms
 
-__all__ = ["box_ops", "masks"]
+__all__ = ["box_ops", "masks", "nms"]

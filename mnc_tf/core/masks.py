@@ -84,3 +84,41 @@ def paste_masks_batched(masks, boxes, num_detections, image_size, threshold=0.4)
     if threshold is None:
         return pasted
     return tf.cast(pasted >= threshold, tf.uint8)
+
+
+def resample_masks(masks, src_boxes, dst_boxes, size=None):
+    """Re-sample box-relative masks from their own boxes into other boxes' grids.
+
+    Same convention as :func:`paste_masks`: cell ``i`` of an ``s × s`` grid on box ``dst`` is
+    centred at ``y1 + (i + 0.5) · (y2 - y1) / s``; it samples the source mask bilinearly
+    (edge cells replicated inside the source box) and is 0 outside the source box. Used by
+    mask voting, which averages masks of different boxes in the frame of the kept box.
+
+    Args:
+      masks: float ``[..., m, m]`` probabilities on ``src_boxes``.
+      src_boxes: float32 ``[..., 4]`` ``y1, x1, y2, x2`` (same leading dims as ``masks``).
+      dst_boxes: float32 ``[..., 4]``, broadcastable to ``src_boxes``.
+      size: output side ``s`` (default ``m``).
+
+    Returns:
+      float32 ``[..., s, s]``.
+    """
+    masks = tf.convert_to_tensor(masks, tf.float32)
+    src_boxes = tf.convert_to_tensor(src_boxes, tf.float32)
+    dst_boxes = tf.convert_to_tensor(dst_boxes, tf.float32)
+    m = tf.shape(masks)[-1]
+    size = masks.shape[-1] if size is None else size
+    m_f = tf.cast(m, tf.float32)
+    dst_boxes = tf.broadcast_to(dst_boxes, tf.shape(src_boxes))
+    cells = (tf.range(size, dtype=tf.float32) + 0.5) / float(size)  # [s], fractions of a box
+
+    def axis_weights(s1, s2, d1, d2):
+        pos = d1[..., None] + cells * (d2 - d1)[..., None]  # [..., s] dst cell centres
+        span = tf.maximum(s2 - s1, 1e-6)[..., None]
+        grid = (pos - s1[..., None]) / span * m_f - 0.5
+        inside = tf.logical_and(pos >= s1[..., None], pos < s2[..., None])
+        return _interp_weights(grid, m) * tf.cast(inside, tf.float32)[..., None]  # [..., s, m]
+
+    wy = axis_weights(src_boxes[..., 0], src_boxes[..., 2], dst_boxes[..., 0], dst_boxes[..., 2])
+    wx = axis_weights(src_boxes[..., 1], src_boxes[..., 3], dst_boxes[..., 1], dst_boxes[..., 3])
+    return tf.einsum("...ik,...kl,...jl->...ij", wy, masks, wx)

@@ -1,0 +1,163 @@
+"""``mnc-predict``: instance segmentation of image files with a trained or exported model.
+
+    mnc-predict cat.jpg street.png --model export/ --out predictions/ [--threshold 0.5]
+
+``--model`` is a ``.keras`` file, a SavedModel version directory or a TF Serving base
+directory (its highest version is used). For every image ``DIR/<stem>.png`` shows the
+instances (masks in distinct colours, boxes, class names, scores); ``DIR/results.json`` holds
+all detections in COCO results format (``bbox`` ``[x, y, w, h]`` and RLE ``segmentation`` in
+original-image pixels, ``category_id`` = dataset category id) and ``DIR/images.json`` the
+COCO ``images`` entries (``id``, ``file_name``, ``height``, ``width``) they refer to. An image
+file named by a number (COCO's ``000000397133.jpg``) gets that number as ``image_id``; other
+images are numbered by their position on the command line (1, 2, ...).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+PROG = "mnc-predict"
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Instance segmentation of images with an MNC model; writes visualizations "
+        "and COCO-format results.",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG/GIF/BMP files")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help=".keras file, SavedModel directory or TF Serving base directory",
+    )
+    parser.add_argument("--out", required=True, help="output directory (created)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="score threshold for drawing and results (default 0.5)",
+    )
+    parser.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=None,
+        help="mask binarisation threshold (default: the model's, 0.4)",
+    )
+    return parser
+
+
+def _image_ids(paths):
+    ids, used = [], set()
+    for position, path in enumerate(paths, 1):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        image_id = int(stem) if stem.isdigit() else position
+        if image_id in used:
+            raise ValueError(f"IMAGE: two images map to image_id {image_id} ({path})")
+        used.add(image_id)
+        ids.append(image_id)
+    return ids
+
+
+def _picture_names(paths):
+    names, used = [], set()
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name, k = f"{stem}.png", 1
+        while name in used:  # same file name from different directories
+            name, k = f"{stem}_{k}.png", k + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _error(message):
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def main(argv=None):
+    """Entry point; returns the exit status (0 ok, 1 some image failed, 2 usage/model error)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed usage + message
+        return int(e.code or 0)
+    if not 0.0 <= args.threshold <= 1.0:
+        _error(f"--threshold: expected a value in [0, 1], got {args.threshold}")
+        return 2
+    missing = [p for p in args.images if not os.path.isfile(p)]
+    if missing:
+        _error(f"IMAGE: no such file: {', '.join(missing)}")
+        return 2
+    try:
+        image_ids = _image_ids(args.images)
+    except ValueError as e:
+        _error(str(e))
+        return 2
+
+    # Heavy imports after argument checks, so usage errors are instant.
+    import numpy as np
+    import tensorflow as tf
+
+    from mnc_tf import visualize
+    from mnc_tf.export.coco import coco_results
+    from mnc_tf.export.predictor import Predictor
+
+    try:
+        predictor = Predictor.from_path(args.model)
+    except (FileNotFoundError, ValueError) as e:
+        message = str(e)
+        if message.startswith("model:"):
+            message = message[len("model:") :].strip()
+        _error(f"--model: {message}")
+        return 2
+    mask_threshold = (
+        predictor.mask_threshold if args.mask_threshold is None else args.mask_threshold
+    )
+    os.makedirs(args.out, exist_ok=True)
+    results, images, failed = [], [], 0
+    for path, image_id, picture_name in zip(
+        args.images, image_ids, _picture_names(args.images), strict=True
+    ):
+        with open(path, "rb") as f:
+            encoded = f.read()
+        try:
+            det = predictor.predict(encoded)
+            image = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+        except tf.errors.InvalidArgumentError as e:
+            _error(f"{path}: not a readable image: {e.message.strip().splitlines()[0]}")
+            failed += 1
+            continue
+        height, width = image.shape[:2]
+        keep = det["detection_scores"] >= args.threshold
+        boxes = det["detection_boxes"][keep]
+        masks = visualize.full_image_masks(
+            det["detection_masks"][keep], boxes, (height, width), threshold=mask_threshold
+        )
+        scores = det["detection_scores"][keep]
+        classes = det["detection_classes"][keep]
+        visualize.save_visualization(
+            os.path.join(args.out, picture_name),
+            image,
+            boxes,
+            masks,
+            classes,
+            scores,
+            predictor.labels,
+        )
+        results.extend(coco_results(image_id, boxes, scores, classes, masks))
+        images.append(
+            {"id": image_id, "file_name": os.path.basename(path), "height": height, "width": width}
+        )
+        print(f"{path}: {int(np.sum(keep))} instances -> {os.path.join(args.out, picture_name)}")
+    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f)
+    with open(os.path.join(args.out, "images.json"), "w", encoding="utf-8") as f:
+        json.dump(images, f, indent=1)
+    print(f"{len(results)} detections -> {os.path.join(args.out, 'results.json')}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Input pipelines: COCO JSON, SBD / VOC 2012, synthetic shapes; shared preprocessing.
+
+Every dataset yields ``(features, targets)`` padded to fixed shapes (docs/CONTRACTS.md) and
+carries ``dataset.info`` (:class:`DatasetInfo`). Images are raw RGB 0..255; the model
+normalises them for its backbone.
+"""
+
+from mnc_tf.data import preprocess
+from mnc_tf.data.coco import CocoSource, coco_dataset, coco_dataset_fn, load_coco
+from mnc_tf.data.info import DatasetInfo
+from mnc_tf.data.sbd import VOC_CLASSES, sbd_dataset, sbd_to_coco
+from mnc_tf.data.shapes import SHAPE_CLASSES, ShapesDataset, make_shapes_dataset
+
+__all__ = [
+    "CocoSource",
+    "DatasetInfo",
+    "SHAPE_CLASSES",
+    "ShapesDataset",
+    "VOC_CLASSES",
+    "coco_dataset",
+    "coco_dataset_fn",
+    "load_coco",
+    "make_shapes_dataset",
+    "preprocess",
+    "sbd_dataset",
+    "sbd_to_coco",
+]

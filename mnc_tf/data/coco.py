@@ -1,0 +1,705 @@
+"""COCO-format instance segmentation → ``tf.data`` pipeline (docs/CONTRACTS.md elements).
+
+How an element is made, and where the time goes:
+
+1. **Once, up front (Python):** the JSON is read with pycocotools; every image and annotation
+   is checked without rasterising anything (file exists, category known, bbox sane, polygons
+   with ≥ 3 points, crowd regions set aside). Problems are counted in ``dataset.info`` and
+   logged. This is a few seconds for COCO train2017.
+2. **Per element, in ``tf.numpy_function`` (parallel map, ``AUTOTUNE``):** the file is read,
+   decoded with OpenCV (which releases the GIL, ignores EXIF rotation as COCO annotations
+   do, and converts grayscale / CMYK / RGBA / 16-bit / palette to 8-bit RGB), and the
+   instance masks are rasterised at the original resolution with pycocotools (polygons and
+   RLE alike). A file that cannot be decoded is detected here, counted once in
+   ``info.skipped['corrupt_image']``, and removed by a ``filter`` — the epoch goes on.
+   Pass ``verify_images=True`` to decode every image once up front instead, so the counts
+   are final before training starts.
+3. **Per element, in TF ops:** resize (bilinear), optional scale jitter and horizontal flip
+   (stateless random ops seeded per element, so a ``seed`` makes the stream reproducible),
+   padding to the fixed shape, batching, prefetch.
+
+Every element has the same static shape (``pad_to``, ``max_instances``), so Keras never
+retraces its train function. Images are **not** normalised: the model does that for its
+backbone (see :mod:`mnc_tf.data.preprocess`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+
+import cv2
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from mnc_tf.data import preprocess
+from mnc_tf.data.info import DatasetInfo
+
+logger = logging.getLogger("mnc_tf.data")
+
+_PAD_MULTIPLE = 32  # padded sizes are multiples of the backbone's coarsest stride
+
+
+# --------------------------------------------------------------------------------------
+# Annotation helpers (also used by the evaluators for original-resolution ground truth)
+# --------------------------------------------------------------------------------------
+
+
+def load_coco(annotation):
+    """Ground truth as a ``pycocotools.coco.COCO``.
+
+    Args:
+      annotation: path of a COCO instances JSON, an already-parsed dict, or a ``COCO``.
+
+    Returns:
+      ``(coco, path_or_None)``.
+
+    Raises:
+      ValueError: the file is missing, not JSON, or lacks ``images`` / ``categories``.
+    """
+    if isinstance(annotation, COCO):
+        return annotation, None
+    path = None
+    if isinstance(annotation, (str, os.PathLike)):
+        path = os.fspath(annotation)
+        if not os.path.isfile(path):
+            raise ValueError(f"annotation_file {path!r} does not exist")
+        try:
+            with open(path) as f:
+                annotation = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"annotation_file {path!r} is not readable JSON: {e}") from None
+    if not isinstance(annotation, dict):
+        raise ValueError(
+            f"annotation_file must be a path, dict or COCO, got {type(annotation).__name__}"
+        )
+    missing = [k for k in ("images", "categories") if k not in annotation]
+    if missing:
+        raise ValueError(f"annotation_file lacks COCO keys {missing} (source: {path or 'dict'})")
+    annotation.setdefault("annotations", [])
+    coco = COCO()
+    coco.dataset = annotation
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco, path
+
+
+def clean_segmentation(segmentation, height, width):
+    """Check a COCO ``segmentation`` without rasterising it.
+
+    Returns:
+      ``(segmentation_or_None, skip_reason_or_None, fix_reason_or_None)``: polygons with
+      fewer than 3 points (< 6 numbers) are dropped (``fix 'polygon_dropped'``), and if none
+      is left the annotation is skipped (``'invalid_polygon'``); an RLE whose ``size`` is not
+      the image's, or anything else, is ``'missing_segmentation'``.
+    """
+    if isinstance(segmentation, list):
+        polys = [
+            [float(v) for v in p]
+            for p in segmentation
+            if isinstance(p, (list, tuple))
+            and len(p) >= 6
+            and len(p) % 2 == 0
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in p)
+        ]
+        if not polys:
+            return None, ("invalid_polygon" if segmentation else "missing_segmentation"), None
+        return polys, None, ("polygon_dropped" if len(polys) < len(segmentation) else None)
+    if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        if [int(s) for s in segmentation["size"]] != [height, width]:
+            return None, "missing_segmentation", None
+        return segmentation, None, None
+    return None, "missing_segmentation", None
+
+
+def segmentation_to_rle(segmentation, height, width):
+    """A cleaned segmentation (polygons, compressed or uncompressed RLE) → compressed RLE."""
+    if isinstance(segmentation, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation["counts"], list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    return segmentation
+
+
+def decode_rles(rles, height, width):
+    """Compressed RLEs → uint8 ``[k, H, W]`` masks (C order)."""
+    if not rles:
+        return np.zeros((0, height, width), np.uint8)
+    # decode gives Fortran-ordered [H, W, k]; its transpose [k, W, H] is C-contiguous.
+    return np.ascontiguousarray(mask_utils.decode(list(rles)).transpose(2, 0, 1))
+
+
+def ground_truth_instances(coco, image_id, category_ids):
+    """Original-resolution ground truth of one image, for evaluators.
+
+    Args:
+      coco: ``COCO`` ground truth; image_id: its id; category_ids: ``[C]``, label ``l`` is
+        ``category_ids[l - 1]``.
+
+    Returns:
+      dict with ``masks`` uint8 ``[G, H, W]``, ``labels`` int32 ``[G]`` (1..C), ``crowd``
+      bool ``[G]``. Annotations of unknown categories or without a usable segmentation
+      are left out (they could not be matched by mask anyway).
+    """
+    img = coco.imgs[image_id]
+    height, width = int(img["height"]), int(img["width"])
+    label_of = {int(c): i + 1 for i, c in enumerate(category_ids)}
+    rles, labels, crowd = [], [], []
+    for ann in coco.imgToAnns.get(image_id, []):
+        label = label_of.get(int(ann.get("category_id", -1)))
+        segm, reason, _ = clean_segmentation(ann.get("segmentation"), height, width)
+        if label is None or segm is None:
+            continue
+        rles.append(segmentation_to_rle(segm, height, width))
+        labels.append(label)
+        crowd.append(bool(ann.get("iscrowd", 0)))
+    return {
+        "masks": decode_rles(rles, height, width),
+        "labels": np.asarray(labels, np.int32),
+        "crowd": np.asarray(crowd, bool),
+    }
+
+
+def decode_image(data):
+    """Encoded bytes → ``(uint8 [H, W, 3] RGB, PIL mode)``; ``(None, None)`` if undecodable.
+
+    OpenCV decodes (fast, GIL released, EXIF orientation ignored because COCO annotations
+    refer to the stored pixels); PIL reads only the header to tell which conversion happened
+    and decodes the formats OpenCV lacks (e.g. GIF).
+    """
+    try:
+        mode = Image.open(io.BytesIO(data)).mode
+    except Exception:  # PIL raises many types for garbage; all mean "not an image"
+        return None, None
+    buf = np.frombuffer(data, np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is not None:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), mode
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB")), mode
+    except Exception:
+        return None, None
+
+
+_MODE_FIX = {
+    "RGB": None,
+    "YCbCr": None,
+    "L": "converted_grayscale",
+    "1": "converted_grayscale",
+    "LA": "converted_rgba",
+    "RGBA": "converted_rgba",
+    "CMYK": "converted_cmyk",
+}
+
+
+# --------------------------------------------------------------------------------------
+# Source: parsed records + the per-element loader
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Record:
+    image_id: int
+    path: str
+    height: int
+    width: int
+    boxes: np.ndarray  # float32 [n, 4] yxyx original pixels, clipped
+    labels: np.ndarray  # int32 [n]
+    segmentations: list  # cleaned COCO segmentations, one per row of boxes
+
+
+class CocoSource:
+    """Parsed, checked COCO annotations; builds any number of pipelines over them.
+
+    Parsing happens once here; :meth:`dataset` can then be called per input pipeline (see
+    :func:`coco_dataset_fn`). All pipelines share ``self.info`` and its skip counts.
+    """
+
+    def __init__(
+        self,
+        annotation_file,
+        image_dir,
+        *,
+        drop_empty=False,
+        image_ids=None,
+        max_instances=100,
+        verify_images=False,
+    ):
+        if not os.path.isdir(image_dir):
+            raise ValueError(f"image_dir {os.fspath(image_dir)!r} is not a directory")
+        if int(max_instances) < 1:
+            raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+        self.coco, path = load_coco(annotation_file)
+        self.image_dir = os.fspath(image_dir)
+        self.drop_empty = bool(drop_empty)
+        self.max_instances = int(max_instances)
+        cats = sorted(self.coco.cats.values(), key=lambda c: int(c["id"]))
+        self.info = DatasetInfo(
+            class_names=[str(c.get("name", c["id"])) for c in cats],
+            category_ids=[int(c["id"]) for c in cats],
+            annotation_file=path,
+            max_instances=self.max_instances,
+            coco=self.coco,
+        )
+        self.records = self._parse(image_ids)
+        if verify_images:
+            self.records = [r for r in self.records if self._decode(r)[0] is not None]
+        self.info.num_images = len(self.records)
+        if self.info.skipped or self.info.fixed:
+            logger.warning("%s: %s", path or "dataset", self.info.report())
+
+    # -- parsing ----------------------------------------------------------------------
+
+    def _parse(self, image_ids):
+        coco, info = self.coco, self.info
+        label_of = {cid: i + 1 for i, cid in enumerate(info.category_ids)}
+        orphans = sum(len(a) for i, a in coco.imgToAnns.items() if i not in coco.imgs)
+        if orphans:
+            info.count("skipped", "unknown_image", n=orphans)
+        if image_ids is None:
+            image_ids = sorted(coco.imgs)
+        else:
+            unknown = [i for i in image_ids if i not in coco.imgs]
+            if unknown:
+                raise ValueError(f"image_ids not in the annotation file: {unknown[:10]}")
+        records = []
+        for image_id in image_ids:
+            img = coco.imgs[image_id]
+            path = os.path.join(self.image_dir, str(img.get("file_name", "")))
+            if not img.get("file_name") or not os.path.isfile(path):
+                info.count("skipped", "missing_image", detail=path)
+                continue
+            try:
+                height, width = int(img["height"]), int(img["width"])
+                if height <= 0 or width <= 0:
+                    raise ValueError
+            except (KeyError, TypeError, ValueError):
+                info.count("skipped", "size_mismatch", detail=f"{path}: no valid height/width")
+                continue
+            boxes, labels, segms = [], [], []
+            for ann in coco.imgToAnns.get(image_id, []):
+                row = self._parse_annotation(ann, height, width, label_of)
+                if row is not None:
+                    boxes.append(row[0])
+                    labels.append(row[1])
+                    segms.append(row[2])
+            if not boxes and self.drop_empty:
+                info.count("skipped", "empty_image", detail=path)
+                continue
+            records.append(
+                _Record(
+                    image_id=int(image_id),
+                    path=path,
+                    height=height,
+                    width=width,
+                    boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+                    labels=np.asarray(labels, np.int32),
+                    segmentations=segms,
+                )
+            )
+        return records
+
+    def _parse_annotation(self, ann, height, width, label_of):
+        """One annotation → ``(box yxyx, label, segmentation)`` or ``None`` (counted)."""
+        info = self.info
+        where = f"annotation {ann.get('id')} of image {ann.get('image_id')}"
+        if ann.get("iscrowd", 0):
+            info.count("skipped", "crowd", detail=where)
+            return None
+        label = label_of.get(ann.get("category_id"))
+        if label is None:
+            info.count("skipped", "unknown_category", detail=f"{where}: {ann.get('category_id')}")
+            return None
+        segm, reason, fix = clean_segmentation(ann.get("segmentation"), height, width)
+        if segm is None:
+            info.count("skipped", reason, detail=where)
+            return None
+        bbox = ann.get("bbox")
+        if bbox is None:  # rare; derive it from the mask
+            bbox = mask_utils.toBbox(segmentation_to_rle(segm, height, width)).tolist()
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            info.count("skipped", "zero_area_box", detail=f"{where}: bbox {bbox!r}")
+            return None
+        if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+            info.count("skipped", "zero_area_box", detail=f"{where}: bbox {bbox!r}")
+            return None
+        box = [max(y, 0.0), max(x, 0.0), min(y + h, float(height)), min(x + w, float(width))]
+        if box[2] <= box[0] or box[3] <= box[1]:
+            info.count("skipped", "box_outside_image", detail=f"{where}: bbox {bbox!r}")
+            return None
+        if box != [y, x, y + h, x + w]:
+            info.count("fixed", "box_clipped", detail=f"{where}: bbox {bbox!r}")
+        if fix:
+            info.count("fixed", fix, detail=where)
+        return box, label, segm
+
+    # -- per-element loading (runs inside tf.numpy_function) ------------------------
+
+    def _decode(self, rec):
+        """Read + decode one record's image; ``(image, None)`` or ``(None, reason)``."""
+        info = self.info
+        try:
+            with open(rec.path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            info.count("skipped", "missing_image", key=rec.image_id, detail=f"{rec.path}: {e}")
+            return None, "missing_image"
+        image, mode = decode_image(data)
+        if image is None:
+            info.count("skipped", "corrupt_image", key=rec.image_id, detail=rec.path)
+            return None, "corrupt_image"
+        fix = _MODE_FIX.get(mode, "converted_other")
+        if fix:
+            info.count("fixed", fix, key=rec.image_id, detail=f"{rec.path} ({mode})")
+        if image.shape[:2] != (rec.height, rec.width):
+            info.count(
+                "skipped",
+                "size_mismatch",
+                key=rec.image_id,
+                detail=f"{rec.path}: decoded {image.shape[:2]}, "
+                f"annotated {(rec.height, rec.width)}",
+            )
+            return None, "size_mismatch"
+        return image, None
+
+    def _load(self, index):
+        """numpy_function body: record index → image, boxes, labels, masks, id, ok."""
+        rec = self.records[int(index)]
+        image, _ = self._decode(rec)
+        if image is None:
+            return _failed(rec.image_id)
+        keep = np.arange(len(rec.labels))
+        if len(keep) > self.max_instances:
+            # Keep the largest instances: the smallest carry the least training signal.
+            area = (rec.boxes[:, 2] - rec.boxes[:, 0]) * (rec.boxes[:, 3] - rec.boxes[:, 1])
+            keep = np.sort(np.argsort(-area, kind="stable")[: self.max_instances])
+            self.info.count(
+                "skipped",
+                "over_max_instances",
+                key=rec.image_id,
+                n=len(rec.labels) - len(keep),
+                detail=f"{rec.path}: {len(rec.labels)} > max_instances={self.max_instances}",
+            )
+        rles = [segmentation_to_rle(rec.segmentations[i], rec.height, rec.width) for i in keep]
+        masks = decode_rles(rles, rec.height, rec.width)
+        nonempty = masks.reshape(len(keep), -1).any(axis=1)
+        for i in keep[~nonempty]:
+            self.info.count("skipped", "empty_mask", key=(rec.image_id, int(i)), detail=rec.path)
+        keep, masks = keep[nonempty], masks[nonempty]
+        if self.drop_empty and len(keep) == 0:
+            self.info.count("skipped", "empty_image", key=rec.image_id, detail=rec.path)
+            return _failed(rec.image_id)
+        return (
+            image,
+            rec.boxes[keep],
+            rec.labels[keep],
+            masks,
+            np.int64(rec.image_id),
+            np.bool_(True),
+        )
+
+    def _load_tf(self, index):
+        image, boxes, labels, masks, image_id, ok = tf.numpy_function(
+            self._load,
+            [index],
+            [tf.uint8, tf.float32, tf.int32, tf.uint8, tf.int64, tf.bool],
+            name="mnc_load_coco_example",
+        )
+        image.set_shape([None, None, 3])
+        boxes.set_shape([None, 4])
+        labels.set_shape([None])
+        masks.set_shape([None, None, None])
+        image_id.set_shape([])
+        ok.set_shape([])
+        return {
+            "image": image,
+            "boxes": boxes,
+            "labels": labels,
+            "masks": masks,
+            "image_id": image_id,
+            "ok": ok,
+        }
+
+    # -- pipeline ---------------------------------------------------------------------
+
+    def default_pad_to(self, short_side, max_side, scale_jitter=None):
+        """Smallest ``(Hp, Wp)``, multiples of 32, that hold every resized image.
+
+        Computed from the annotated sizes (with the largest jitter factor), so a dataset of
+        square 128-px images padded for ``short_side=600`` is 608×608 rather than
+        1024×1024; a dataset with both orientations gets ``(max_side, max_side)`` rounded up.
+        """
+        factor = max(scale_jitter) if scale_jitter else 1.0
+        hp = wp = _PAD_MULTIPLE
+        for rec in self.records:
+            h, w = rec.height, rec.width
+            s = min(short_side * factor / min(h, w), max_side * factor / max(h, w))
+            hp = max(hp, int(round(h * s)))
+            wp = max(wp, int(round(w * s)))
+        return _round_up(hp), _round_up(wp)
+
+    def dataset(
+        self,
+        batch_size=1,
+        training=False,
+        short_side=600,
+        max_side=1000,
+        pad_to=None,
+        flip=None,
+        scale_jitter=None,
+        shuffle=None,
+        cache=False,
+        repeat=False,
+        seed=None,
+        drop_remainder=None,
+        input_context=None,
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ):
+        """Build one pipeline; see :func:`coco_dataset` for the arguments."""
+        batch_size = _positive_int(batch_size, "batch_size")
+        if short_side <= 0 or max_side <= 0:
+            raise ValueError(
+                f"short_side and max_side must be > 0, got {short_side} and {max_side}"
+            )
+        if scale_jitter is not None:
+            if len(scale_jitter) != 2 or not 0 < scale_jitter[0] <= scale_jitter[1]:
+                raise ValueError(
+                    f"scale_jitter must be (low, high) with 0 < low <= high, got {scale_jitter}"
+                )
+            scale_jitter = (float(scale_jitter[0]), float(scale_jitter[1]))
+        if pad_to is None:
+            pad_to = self.default_pad_to(short_side, max_side, scale_jitter)
+        else:
+            if len(pad_to) != 2:
+                raise ValueError(f"pad_to must be (height, width), got {pad_to}")
+            pad_to = (_positive_int(pad_to[0], "pad_to"), _positive_int(pad_to[1], "pad_to"))
+        flip = training if flip is None else bool(flip)
+        shuffle = training if shuffle is None else bool(shuffle)
+        drop_remainder = training if drop_remainder is None else bool(drop_remainder)
+        self.info.image_size = pad_to
+        if not self.records:
+            raise ValueError(f"no usable image in the dataset ({self.info.report()})")
+
+        pipeline_id = 0
+        ds = tf.data.Dataset.range(len(self.records))
+        if input_context is not None:
+            batch_size = input_context.get_per_replica_batch_size(batch_size)
+            pipeline_id = input_context.input_pipeline_id
+            ds = ds.shard(input_context.num_input_pipelines, pipeline_id)
+        # Different pipelines of one seeded run must not draw identical augmentations.
+        seed = None if seed is None else int(seed) + 1_000_003 * pipeline_id
+        if shuffle and not cache:
+            # Shuffling indices is free; shuffling decoded images would need a big buffer.
+            ds = ds.shuffle(len(self.records), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(self._load_tf, num_parallel_calls=num_parallel_calls)
+        ds = ds.filter(_is_ok)
+        if cache:
+            ds = ds.cache("" if cache is True else os.fspath(cache))
+            if shuffle:
+                ds = ds.shuffle(min(len(self.records), 256), seed=seed)
+        if repeat:
+            ds = ds.repeat()
+        # One random int64 per element, fresh each epoch, reproducible for a seed; every
+        # augmentation derives stateless seeds from it (parallel map stays deterministic).
+        randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip((ds, randoms))
+
+        max_instances = self.max_instances
+
+        def prepare(example, random):
+            image, info, boxes, labels, masks = preprocess.prepare_example(
+                example["image"],
+                example["boxes"],
+                example["labels"],
+                example["masks"],
+                short_side=short_side,
+                max_side=max_side,
+                pad_to=pad_to,
+                max_instances=max_instances,
+                flip=flip,
+                scale_jitter=scale_jitter,
+                seed=random,
+            )
+            features = {"images": image, "image_info": info, "image_id": example["image_id"]}
+            targets = {"boxes": boxes, "labels": labels, "masks": masks}
+            return features, targets
+
+        ds = ds.map(prepare, num_parallel_calls=num_parallel_calls)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        ds = ds.prefetch(tf.data.AUTOTUNE)
+        options = tf.data.Options()
+        options.deterministic = True
+        # Sharded by hand above when an InputContext is given; otherwise shard by element
+        # (the source is a range, so the default FILE policy would only warn and fall back).
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF
+            if input_context is not None
+            else tf.data.experimental.AutoShardPolicy.DATA
+        )
+        ds = ds.with_options(options)
+        ds.info = self.info
+        return ds
+
+
+def _is_ok(example):
+    return example["ok"]
+
+
+def _failed(image_id):
+    return (
+        np.zeros((0, 0, 3), np.uint8),
+        np.zeros((0, 4), np.float32),
+        np.zeros((0,), np.int32),
+        np.zeros((0, 0, 0), np.uint8),
+        np.int64(image_id),
+        np.bool_(False),
+    )
+
+
+def _round_up(v, multiple=_PAD_MULTIPLE):
+    return int(math.ceil(v / multiple) * multiple)
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------
+
+
+def coco_dataset(
+    annotation_file,
+    image_dir,
+    batch_size=1,
+    training=False,
+    short_side=600,
+    max_side=1000,
+    pad_to=None,
+    max_instances=100,
+    flip=None,
+    scale_jitter=None,
+    shuffle=None,
+    drop_empty=None,
+    cache=False,
+    repeat=False,
+    seed=None,
+    image_ids=None,
+    drop_remainder=None,
+    input_context=None,
+    verify_images=False,
+    num_parallel_calls=tf.data.AUTOTUNE,
+):
+    """A batched ``tf.data.Dataset`` of ``(features, targets)`` from a COCO instances JSON.
+
+    Element (docs/CONTRACTS.md), ``B = batch_size``, ``(Hp, Wp) = pad_to``,
+    ``N = max_instances``::
+
+      features = {"images": float32 [B, Hp, Wp, 3] RGB 0..255 (not normalised),
+                  "image_info": float32 [B, 4, 2], "image_id": int64 [B]}
+      targets  = {"boxes": float32 [B, N, 4] yxyx resized pixels, -1 padding,
+                  "labels": int32 [B, N] 1..C, -1 padding,
+                  "masks": uint8 [B, N, Hp, Wp], 0 padding}
+
+    The returned dataset carries ``dataset.info`` (:class:`mnc_tf.data.DatasetInfo`):
+    classes, ``category_ids[label - 1]``, padded size and skip counts. (Further
+    ``tf.data`` transformations return new objects without ``.info``.)
+
+    Args:
+      annotation_file: COCO instances JSON path (or a parsed dict / ``COCO``).
+      image_dir: folder that ``images[*].file_name`` is relative to.
+      batch_size: images per batch (the global batch when ``input_context`` is given).
+      training: default for ``flip``, ``shuffle``, ``drop_empty``, ``drop_remainder``.
+      short_side, max_side: resize targets (paper: 600 / 1000).
+      pad_to: ``(Hp, Wp)``; default: the smallest multiple of 32 holding every resized
+        image of this dataset (at most ``max_side`` rounded up). Images that would not fit
+        are scaled down further (``image_info`` records the actual scale).
+      max_instances: ``N``; extra instances (the smallest) are dropped and counted.
+      flip: random horizontal flip; scale_jitter: ``(low, high)`` factor on both sides.
+      shuffle: reshuffle every epoch; drop_empty: drop images without usable instances.
+      cache: ``True`` caches decoded original-size examples in memory (small datasets
+        only: COCO train would need ~100 GB), a path caches to files.
+      repeat: repeat forever (for ``steps_per_epoch`` training).
+      seed: makes shuffling and augmentation reproducible (each epoch still differs).
+      image_ids: restrict to these image ids (in this order unless shuffled).
+      drop_remainder: drop a last partial batch (default: ``training``; keeps the batch
+        dimension static so the train function never retraces).
+      input_context: a ``tf.distribute.InputContext``: shard by ``input_pipeline_id`` and
+        use the per-replica batch size (see :func:`coco_dataset_fn`).
+      verify_images: decode every image once up front so corrupt files are counted before
+        the first epoch (slow on big datasets); otherwise they are found lazily.
+      num_parallel_calls: parallelism of the decode and prepare maps.
+    """
+    source = CocoSource(
+        annotation_file,
+        image_dir,
+        drop_empty=training if drop_empty is None else drop_empty,
+        image_ids=image_ids,
+        max_instances=max_instances,
+        verify_images=verify_images,
+    )
+    return source.dataset(
+        batch_size=batch_size,
+        training=training,
+        short_side=short_side,
+        max_side=max_side,
+        pad_to=pad_to,
+        flip=flip,
+        scale_jitter=scale_jitter,
+        shuffle=shuffle,
+        cache=cache,
+        repeat=repeat,
+        seed=seed,
+        drop_remainder=drop_remainder,
+        input_context=input_context,
+        num_parallel_calls=num_parallel_calls,
+    )
+
+
+def coco_dataset_fn(annotation_file, image_dir, global_batch_size, **kwargs):
+    """``dataset_fn(input_context)`` for ``strategy.distribute_datasets_from_function``.
+
+    The annotations are parsed once, here; each input pipeline then gets its shard
+    (``input_pipeline_id`` of ``num_input_pipelines``) batched with the per-replica batch
+    size ``input_context.get_per_replica_batch_size(global_batch_size)``.
+
+    Usage::
+
+      fn = coco_dataset_fn(ann, images, global_batch_size=8, training=True, seed=0)
+      dist = strategy.distribute_datasets_from_function(fn)
+      fn.info.num_classes
+
+    ``kwargs`` are :func:`coco_dataset`'s. With ``strategy.experimental_distribute_dataset``
+    pass a plain :func:`coco_dataset` with the global batch size instead (it is sharded by
+    element across workers).
+    """
+    training = kwargs.get("training", False)
+    drop_empty = kwargs.pop("drop_empty", None)
+    source = CocoSource(
+        annotation_file,
+        image_dir,
+        drop_empty=training if drop_empty is None else drop_empty,
+        image_ids=kwargs.pop("image_ids", None),
+        max_instances=kwargs.pop("max_instances", 100),
+        verify_images=kwargs.pop("verify_images", False),
+    )
+
+    def dataset_fn(input_context=None):
+        return source.dataset(batch_size=global_batch_size, input_context=input_context, **kwargs)
+
+    dataset_fn.info = source.info
+    return dataset_fn

@@ -1,0 +1,241 @@
+"""Pure-TF image/target preprocessing shared by the input pipeline and the SavedModel export.
+
+Conventions (docs/CONTRACTS.md):
+
+- images are RGB ``[H, W, 3]``, values 0..255. Nothing here normalises them: the model
+  subtracts its backbone's mean / divides by its std itself, so one pipeline serves every
+  backbone and the exported model accepts raw pixels.
+- boxes are ``[N, 4]`` float32 ``y1, x1, y2, x2`` in pixels of the image they accompany.
+- masks are uint8 ``[N, H, W]`` binary, aligned pixel for pixel with the image.
+- ``image_info`` is float32 ``[4, 2]``: original ``(h, w)``; resized valid ``(h, w)``;
+  scale ``(sy, sx)`` = resized / original; offset ``(0, 0)`` (TF Model Garden layout).
+
+Order used by the pipeline: resize (optionally scale-jittered) → random flip of the valid
+region → pad bottom/right to a fixed size. Flipping before padding keeps a flipped image in
+the top-left corner like every other image.
+
+All functions are graph-safe (no Python branching on tensor values).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from mnc_tf.core import box_ops
+
+
+def scaled_size(height, width, short_side, max_side, max_size=None):
+    """Size after resizing the shorter side to ``short_side`` with the longer ≤ ``max_side``.
+
+    Args:
+      height, width: original size (int or scalar tensors).
+      short_side, max_side: target sides (python or scalar tensors; may be jittered floats).
+      max_size: optional ``(H_max, W_max)``: the scale is further reduced so the result fits
+        (the pipeline passes its padded size, so a jittered image always fits the pad).
+
+    Returns:
+      ``(new_h, new_w)`` int32 scalars, ``round(h · s)``, ``round(w · s)``, each ≥ 1.
+    """
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+    short_side = tf.cast(short_side, tf.float32)
+    max_side = tf.cast(max_side, tf.float32)
+    scale = tf.minimum(short_side / tf.minimum(h, w), max_side / tf.maximum(h, w))
+    if max_size is not None:
+        cap_h = tf.cast(max_size[0], tf.float32)
+        cap_w = tf.cast(max_size[1], tf.float32)
+        scale = tf.minimum(scale, tf.minimum(cap_h / h, cap_w / w))
+    new_h = tf.maximum(tf.round(h * scale), 1.0)
+    new_w = tf.maximum(tf.round(w * scale), 1.0)
+    if max_size is not None:
+        # Rounding can overshoot the cap by one pixel.
+        new_h = tf.minimum(new_h, cap_h)
+        new_w = tf.minimum(new_w, cap_w)
+    return tf.cast(new_h, tf.int32), tf.cast(new_w, tf.int32)
+
+
+def image_info(original_size, resized_size):
+    """``[4, 2]`` float32 image_info from ``(h, w)`` before and after resizing."""
+    orig = tf.cast(tf.stack(original_size), tf.float32)
+    new = tf.cast(tf.stack(resized_size), tf.float32)
+    return tf.stack([orig, new, new / orig, tf.zeros([2], tf.float32)])
+
+
+def _to_rgb(image, arg_name="image"):
+    """Static-shape check and 1/4-channel → 3-channel conversion."""
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank is not None and image.shape.rank != 3:
+        raise ValueError(
+            f"{arg_name} must be [H, W, C] (one image), got shape {image.shape.as_list()}"
+        )
+    channels = image.shape[-1]
+    if channels == 1:
+        image = tf.tile(image, [1, 1, 3])
+    elif channels == 4:
+        image = image[..., :3]  # drop alpha
+    elif channels is not None and channels != 3:
+        raise ValueError(f"{arg_name} must have 1, 3 or 4 channels, got {channels}")
+    return image
+
+
+def resize_image(image, short_side=600, max_side=1000, max_size=None):
+    """Resize one image the MNC way (shorter side → ``short_side``, longer ≤ ``max_side``).
+
+    Bilinear (half-pixel centres, no antialiasing, as TF Model Garden), no normalisation.
+    Used by the input pipeline and by the SavedModel export so training and serving see the
+    same pixels.
+
+    Args:
+      image: uint8 or float ``[H, W, C]`` RGB 0..255; ``C`` = 1 (tiled) or 4 (alpha dropped)
+        is accepted too.
+      short_side, max_side: target sides.
+      max_size: optional ``(H_max, W_max)`` the result must fit in (see :func:`scaled_size`).
+
+    Returns:
+      ``(image, image_info)``: float32 ``[h, w, 3]`` and float32 ``[4, 2]``.
+    """
+    image = _to_rgb(image)
+    shape = tf.shape(image)
+    new_h, new_w = scaled_size(shape[0], shape[1], short_side, max_side, max_size)
+    resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]))
+    return resized, image_info((shape[0], shape[1]), (new_h, new_w))
+
+
+def resize_masks(masks, size):
+    """Resize binary masks ``[N, H, W]`` to ``size = (h, w)`` → uint8 ``[N, h, w]``.
+
+    Bilinear then ≥ 0.5, i.e. the same sampling grid as :func:`resize_image`, so mask edges
+    stay aligned with image edges when upsampling (nearest-neighbour would shift them by up
+    to half a source pixel).
+    """
+    masks = tf.convert_to_tensor(masks)
+    resized = tf.image.resize(tf.cast(masks[..., None], tf.float32), size)
+    return tf.cast(resized[..., 0] >= 0.5, tf.uint8)
+
+
+def scale_boxes(boxes, image_info_):
+    """Boxes ``[N, 4]`` of the original image → resized image, via ``image_info[2]``."""
+    sy, sx = image_info_[2, 0], image_info_[2, 1]
+    return boxes * tf.stack([sy, sx, sy, sx])
+
+
+def flip_left_right(image, boxes, masks):
+    """Mirror an unpadded image, its boxes and masks horizontally.
+
+    Args:
+      image: ``[h, w, C]``; boxes: ``[N, 4]`` yxyx pixels of this image; masks: ``[N, h, w]``.
+
+    Returns:
+      The flipped ``(image, boxes, masks)``; a box ``[y1, x1, y2, x2]`` becomes
+      ``[y1, w - x2, y2, w - x1]`` (continuous pixel-edge coordinates).
+    """
+    width = tf.cast(tf.shape(image)[1], boxes.dtype)
+    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    flipped_boxes = tf.stack([y1, width - x2, y2, width - x1], axis=-1)
+    return tf.reverse(image, [1]), flipped_boxes, tf.reverse(masks, [2])
+
+
+def random_flip(image, boxes, masks, seed, probability=0.5):
+    """:func:`flip_left_right` with ``probability``; ``seed`` is a stateless ``[2]`` seed."""
+    coin = tf.random.stateless_uniform([], seed=seed) < probability
+    return tf.cond(
+        coin,
+        lambda: flip_left_right(image, boxes, masks),
+        lambda: (image, boxes, masks),
+    )
+
+
+def random_scale_factor(seed, scale_jitter):
+    """Uniform factor in ``scale_jitter = (low, high)`` for ``short_side`` and ``max_side``."""
+    low, high = scale_jitter
+    return tf.random.stateless_uniform([], seed=seed, minval=low, maxval=high)
+
+
+def pad_image(image, size):
+    """Zero-pad ``[h, w, 3]`` bottom/right to ``size = (Hp, Wp)``; static output shape."""
+    padded = tf.image.pad_to_bounding_box(image, 0, 0, size[0], size[1])
+    padded.set_shape([size[0], size[1], image.shape[-1]])
+    return padded
+
+
+def pad_instances(boxes, labels, masks, max_instances, size):
+    """Pad instance targets to ``max_instances`` rows and masks to ``size``.
+
+    Args:
+      boxes: float32 ``[n, 4]``; labels: int32 ``[n]``; masks: uint8 ``[n, h, w]``,
+        ``h ≤ Hp``, ``w ≤ Wp``. Rows beyond ``max_instances`` are cut (the loader already
+        dropped the smallest and counted them).
+      size: ``(Hp, Wp)``.
+
+    Returns:
+      ``boxes [N, 4]`` (padding −1), ``labels [N]`` (padding −1), ``masks [N, Hp, Wp]``
+      (padding 0), ``N = max_instances``, with static shapes.
+    """
+    n_max = max_instances
+    boxes = boxes[:n_max]
+    labels = labels[:n_max]
+    masks = masks[:n_max]
+    pad_rows = n_max - tf.shape(boxes)[0]
+    boxes = tf.pad(boxes, [[0, pad_rows], [0, 0]], constant_values=-1.0)
+    labels = tf.pad(labels, [[0, pad_rows]], constant_values=-1)
+    mshape = tf.shape(masks)
+    masks = tf.pad(masks, [[0, pad_rows], [0, size[0] - mshape[1]], [0, size[1] - mshape[2]]])
+    boxes.set_shape([n_max, 4])
+    labels.set_shape([n_max])
+    masks.set_shape([n_max, size[0], size[1]])
+    return boxes, labels, masks
+
+
+def prepare_example(
+    image,
+    boxes,
+    labels,
+    masks,
+    *,
+    short_side,
+    max_side,
+    pad_to,
+    max_instances,
+    flip=False,
+    scale_jitter=None,
+    seed=None,
+):
+    """Resize, (randomly flip / jitter,) and pad one decoded example.
+
+    Args:
+      image: uint8 ``[H, W, 3]`` original image.
+      boxes: float32 ``[n, 4]`` yxyx original pixels; labels: int32 ``[n]``;
+      masks: uint8 ``[n, H, W]``.
+      short_side, max_side: resize targets; pad_to: ``(Hp, Wp)``; max_instances: ``N``.
+      flip: random horizontal flip with probability 0.5.
+      scale_jitter: ``None`` or ``(low, high)`` factor on both sides.
+      seed: int64/int32 scalar tensor; every random choice derives a stateless seed from it,
+        so an element's augmentation is a pure function of ``seed``.
+
+    Returns:
+      ``(image [Hp, Wp, 3] float32, image_info [4, 2], boxes [N, 4], labels [N],
+      masks [N, Hp, Wp] uint8)``.
+    """
+    if (flip or scale_jitter) and seed is None:
+        raise ValueError("seed is required when flip or scale_jitter is on")
+    shape = tf.shape(image)
+    if scale_jitter:
+        factor = random_scale_factor(_subseed(seed, 1), scale_jitter)
+        short_side = tf.cast(short_side, tf.float32) * factor
+        max_side = tf.cast(max_side, tf.float32) * factor
+    new_h, new_w = scaled_size(shape[0], shape[1], short_side, max_side, max_size=pad_to)
+    new_size = tf.stack([new_h, new_w])
+    info = image_info((shape[0], shape[1]), (new_h, new_w))
+    image = tf.image.resize(tf.cast(image, tf.float32), new_size)
+    masks = resize_masks(masks, new_size)
+    boxes = box_ops.clip(scale_boxes(boxes, info), tf.cast(new_size, tf.float32))
+    if flip:
+        image, boxes, masks = random_flip(image, boxes, masks, _subseed(seed, 2))
+    image = pad_image(image, pad_to)
+    boxes, labels, masks = pad_instances(boxes, labels, masks, max_instances, pad_to)
+    return image, info, boxes, labels, masks
+
+
+def _subseed(seed, stream):
+    """Stateless ``[2]`` seed for random stream ``stream`` of an element's ``seed``."""
+    return tf.stack([tf.cast(seed, tf.int64), tf.constant(stream, tf.int64)])

@@ -1,0 +1,147 @@
+"""Run the serving pipeline on image files, from an exported SavedModel or a ``.keras`` model.
+
+Both sources give the same outputs (those of :mod:`mnc_tf.export.serving`): a SavedModel is
+loaded with plain ``tf.saved_model.load`` (no ``mnc_tf`` op library needed); a ``.keras``
+model is wrapped in the same serving functions in-process, using the fastest RoI warping
+implementation available. Used by ``mnc-predict``; handy in notebooks::
+
+    predictor = Predictor.from_path("export/")          # or "model.keras"
+    det = predictor.predict(open("cat.jpg", "rb").read())
+    det["detection_boxes"]   # [n, 4] y1, x1, y2, x2 in the pixels of cat.jpg
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+from mnc_tf.export.serving import (
+    INFO_FILENAME,
+    LABELS_FILENAME,
+    SIGNATURE_ENCODED,
+    build_serving_functions,
+    label_map,
+    latest_version_dir,
+)
+
+_DETECTION_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "detection_masks")
+
+
+def read_labels(path):
+    """``assets/labels.txt`` of an export → ``{category_id: class_name}``.
+
+    Each line is ``<category_id>\\t<class name>`` (see :mod:`mnc_tf.export.serving`).
+    """
+    labels = {}
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            category_id, sep, name = line.partition("\t")
+            if not sep or not category_id.strip().lstrip("-").isdigit():
+                raise ValueError(
+                    f"{path}:{line_number}: expected '<category_id>\\t<name>', got {line!r}"
+                )
+            labels[int(category_id)] = name
+    return labels
+
+
+def load_keras_model(path):
+    """Load an MNC ``.keras`` file (registers the mnc_tf classes first).
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: ``path`` is not a loadable ``.keras`` model; the message names it.
+    """
+    import keras
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model: no such file: {path}")
+    if not path.endswith(".keras") or not os.path.isfile(path):
+        raise ValueError(f"model: expected a .keras file, got {path}")
+    import mnc_tf.modeling.mnc  # noqa: F401  (registers MNC and its layers with Keras)
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001  (any failure means: not a usable model file)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"model: could not load {path} as a Keras model: {first_line}") from e
+
+
+class Predictor:
+    """The ``serving_default`` pipeline (encoded image bytes in) bound to a model.
+
+    Attributes:
+      labels: ``{category_id: class_name}``.
+      mask_threshold: binarisation threshold for pasted masks.
+      source: the loaded path.
+    """
+
+    def __init__(self, serving_fn, labels, mask_threshold=0.4, source=None):
+        self._fn = serving_fn
+        self.labels = dict(labels)
+        self.mask_threshold = float(mask_threshold)
+        self.source = source
+
+    @classmethod
+    def from_path(cls, path):
+        """A ``.keras`` file, a SavedModel version dir, or a TF Serving base dir (its latest
+        version). Raises ``FileNotFoundError`` / ``ValueError`` naming ``path``."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"model: no such file or directory: {path}")
+        if os.path.isfile(path):
+            return cls.from_keras_model(load_keras_model(path), source=path)
+        try:
+            version_dir = latest_version_dir(path)
+        except FileNotFoundError as e:
+            raise ValueError(f"model: {e}") from None
+        return cls.from_saved_model(version_dir)
+
+    @classmethod
+    def from_saved_model(cls, version_dir):
+        loaded = tf.saved_model.load(version_dir)
+        if SIGNATURE_ENCODED not in loaded.signatures:
+            raise ValueError(
+                f"model: {version_dir} has no {SIGNATURE_ENCODED!r} signature (signatures: "
+                f"{sorted(loaded.signatures)}); was it written by mnc-export?"
+            )
+        assets = os.path.join(version_dir, "assets")
+        labels_path = os.path.join(assets, LABELS_FILENAME)
+        labels = read_labels(labels_path) if os.path.isfile(labels_path) else {}
+        mask_threshold = 0.4
+        info_path = os.path.join(assets, INFO_FILENAME)
+        if os.path.isfile(info_path):
+            with open(info_path, encoding="utf-8") as f:
+                mask_threshold = json.load(f).get("mask_threshold", mask_threshold)
+        predictor = cls(loaded.signatures[SIGNATURE_ENCODED], labels, mask_threshold, version_dir)
+        predictor._loaded = loaded  # keeps the restored variables alive
+        return predictor
+
+    @classmethod
+    def from_keras_model(cls, model, source=None):
+        fn = build_serving_functions(model)[SIGNATURE_ENCODED]
+        category_ids, class_names = label_map(model)
+        threshold = getattr(model.config, "mask_binarize_threshold", 0.4)
+        return cls(fn, dict(zip(category_ids, class_names, strict=True)), threshold, source)
+
+    def predict(self, encoded):
+        """Detections for one encoded image (JPEG / PNG / GIF / BMP bytes).
+
+        Returns:
+          dict of NumPy arrays, valid rows only (``n = num_detections``):
+          ``detection_boxes [n, 4]`` (original pixels), ``detection_scores [n]``,
+          ``detection_classes [n]`` (category ids), ``detection_masks [n, m, m]``,
+          ``num_detections`` (int), ``image_info [4, 2]``.
+
+        Raises:
+          tf.errors.InvalidArgumentError: ``encoded`` is not a decodable image.
+        """
+        out = self._fn(images=tf.constant([encoded], tf.string))
+        n = int(out["num_detections"][0])
+        result = {key: out[key][0, :n].numpy() for key in _DETECTION_KEYS}
+        result["num_detections"] = n
+        result["image_info"] = out["image_info"][0].numpy()
+        return result

@@ -1,0 +1,432 @@
+"""SavedModel export of the whole MNC inference pipeline, for TF Serving.
+
+What is exported: decoding → :func:`mnc_tf.data.preprocess.resize_image` (the model's
+``short_side`` / ``max_side``) → zero-padding to a common batch size → every stage of the
+cascade, NMS and mask voting (the model's own ``call``) → boxes mapped back to the pixels of
+the *original* image. Everything is stock TensorFlow: the graph is traced inside
+``mnc_tf.ops.roi_warp_implementation("reference")``, so the custom ``MncRoiWarp`` op is
+replaced by its stock-op equivalent and an unmodified ``tensorflow/serving`` image (or any
+Python process with plain TensorFlow and without ``mnc_tf``) can run the export.
+
+Layout (the one TF Serving watches; the highest integer sub-directory is served)::
+
+    export_dir/
+      <version>/
+        saved_model.pb
+        variables/
+        assets/labels.txt          one line per class: "<category_id>\\t<class name>"
+        assets/export_info.json    short/max side, mask size, labels, signature names
+
+Signatures (inputs → the same outputs for all three):
+
+=========================  =====================================================================
+``serving_default``        ``images``: string ``[B]`` encoded JPEG / PNG / GIF / BMP bytes;
+                           grayscale and RGBA are converted to RGB, GIFs use the first frame.
+``serving_image_tensor``   ``images``: uint8 ``[B, H, W, 3]`` RGB.
+``serving_tf_example``     ``examples``: string ``[B]`` serialized ``tf.train.Example`` with the
+                           encoded image in the bytes feature ``image/encoded``.
+=========================  =====================================================================
+
+Outputs (``K`` = the model's ``max_detections``, ``m`` = its mask size):
+
+======================  =========================  ==============================================
+``detection_boxes``     float32 ``[B, K, 4]``      ``y1, x1, y2, x2`` in original-image pixels
+``detection_scores``    float32 ``[B, K]``         instance class probability
+``detection_classes``   int32 ``[B, K]``           dataset category ids (``model.category_ids``),
+                                                   else contiguous labels ``1..num_classes``;
+                                                   0 on padding rows
+``detection_masks``     float32 ``[B, K, m, m]``   soft box-relative masks; paste them with
+                                                   ``mnc_tf.core.masks.paste_masks``
+``num_detections``      int32 ``[B]``              valid rows per image
+``image_info``          float32 ``[B, 4, 2]``      original ``(h, w)``; resized ``(h, w)``;
+                                                   scale ``(sy, sx)``; offset ``(0, 0)``
+======================  =========================  ==============================================
+
+Batches of encoded images may mix image sizes: each image is decoded and resized on its own and
+the batch is zero-padded bottom/right to its largest resized image (the padded area is marked
+invalid through ``image_info``, exactly as in the training pipeline). Because the backbone
+sees the padding near the border, an image's detections in a mixed batch can differ slightly
+from the same image sent alone. ``serving_image_tensor`` takes one dense tensor, so all its
+images have one size.
+
+Bad input (bytes that are not an image, an empty string, an empty batch, a zero-size image, a
+``tf.train.Example`` without ``image/encoded``) raises ``InvalidArgumentError`` whose message
+names the signature input; the serving process keeps running.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+SIGNATURE_ENCODED = "serving_default"
+SIGNATURE_IMAGE_TENSOR = "serving_image_tensor"
+SIGNATURE_TF_EXAMPLE = "serving_tf_example"
+SIGNATURES = (SIGNATURE_ENCODED, SIGNATURE_IMAGE_TENSOR, SIGNATURE_TF_EXAMPLE)
+
+OUTPUT_KEYS = (
+    "detection_boxes",
+    "detection_scores",
+    "detection_classes",
+    "detection_masks",
+    "num_detections",
+    "image_info",
+)
+LABELS_FILENAME = "labels.txt"
+INFO_FILENAME = "export_info.json"
+TF_EXAMPLE_IMAGE_KEY = "image/encoded"
+
+# Leading bytes of the formats tf.io.decode_image understands; checked up front so that junk
+# input fails with a message naming the input instead of a decoder-internal error.
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_GIF_MAGIC = b"GIF8"
+_BMP_MAGIC = b"BM"
+
+
+def label_map(model):
+    """The model's label → (category id, class name) mapping.
+
+    Args:
+      model: an object with optional ``class_names`` (sequence, ``class_names[label - 1]``)
+        and ``category_ids`` (sequence of ints, ``category_ids[label - 1]``, may be ``None``)
+        and a ``config.num_classes`` or ``num_classes`` used when both are missing.
+
+    Returns:
+      ``(category_ids, class_names)``: two lists of length ``num_classes``, index
+      ``label - 1``. Without ``category_ids`` the contiguous labels ``1..num_classes`` are
+      used; without ``class_names`` the names are ``"class_<label>"``.
+    """
+    names = getattr(model, "class_names", None)
+    ids = getattr(model, "category_ids", None)
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None:
+        num_classes = getattr(getattr(model, "config", None), "num_classes", None)
+    if names is not None:
+        num_classes = len(names)
+    elif ids is not None:
+        num_classes = len(ids)
+    if num_classes is None:
+        raise ValueError(
+            "model: cannot tell the number of classes; expected `class_names`, `category_ids` "
+            "or `config.num_classes` on the model"
+        )
+    names = [str(n) for n in names] if names is not None else None
+    ids = [int(i) for i in ids] if ids is not None else list(range(1, num_classes + 1))
+    if names is None:
+        names = [f"class_{label}" for label in range(1, num_classes + 1)]
+    if len(ids) != len(names):
+        raise ValueError(
+            f"model: len(category_ids) = {len(ids)} does not match len(class_names) = {len(names)}"
+        )
+    return ids, names
+
+
+def _preprocess_config(model):
+    config = getattr(model, "config", None)
+    try:
+        short_side, max_side = int(config.short_side), int(config.max_side)
+    except AttributeError:
+        raise ValueError(
+            "model: expected `model.config.short_side` and `model.config.max_side` (an MNC "
+            f"model's config); got config={config!r}"
+        ) from None
+    return short_side, max_side
+
+
+def build_serving_functions(model):
+    """The three serving ``tf.function`` s of ``model`` (not yet traced).
+
+    Trace them (``get_concrete_function()``) inside
+    ``mnc_tf.ops.roi_warp_implementation(...)`` to choose the RoI warping implementation;
+    :func:`export_serving` uses ``"reference"`` (stock ops).
+
+    Args:
+      model: an MNC model (``keras.Model``): called as
+        ``model({"images": float32 [B, H, W, 3], "image_info": float32 [B, 4, 2]},
+        training=False)`` and returning the dict of CONTRACTS.md; ``model.config`` gives
+        ``short_side`` / ``max_side``; ``class_names`` / ``category_ids`` the labels.
+
+    Returns:
+      dict signature name → ``tf.function`` with a fixed input signature (see the module
+      docstring for inputs and outputs).
+    """
+    # Imported here: mnc_tf.data is only needed once a model is exported.
+    from mnc_tf.data.preprocess import resize_image
+
+    short_side, max_side = _preprocess_config(model)
+    category_ids, _ = label_map(model)
+    # Row = contiguous label (0 = background / padding) → dataset category id (0 on padding).
+    label_to_category = tf.constant([0] + category_ids, tf.int32)
+
+    def resize(image):
+        return resize_image(image, short_side, max_side)
+
+    def check_image_size(image, name, index):
+        shape = tf.shape(image)
+        return tf.debugging.Assert(
+            tf.logical_and(shape[0] > 0, shape[1] > 0),
+            [f"{name}: element", index, "is a zero-size image; got shape [h, w, c] =", shape],
+            summarize=3,
+        )
+
+    def check_batch(images, name):
+        return tf.debugging.Assert(
+            tf.shape(images)[0] > 0, [f"{name}: empty batch; expected at least one image"]
+        )
+
+    def decode_one(encoded, index, name):
+        """Encoded bytes → resized float32 [h, w, 3] (ragged) and image_info [4, 2]."""
+        header = tf.strings.substr(encoded, 0, 8)
+        is_image = tf.reduce_any(
+            tf.stack(
+                [
+                    tf.io.is_jpeg(encoded),
+                    tf.equal(header, _PNG_MAGIC),
+                    tf.equal(tf.strings.substr(header, 0, 4), _GIF_MAGIC),
+                    tf.equal(tf.strings.substr(header, 0, 2), _BMP_MAGIC),
+                ]
+            )
+        )
+        length = tf.strings.length(encoded)
+        checks = [
+            tf.debugging.Assert(
+                length > 0,
+                [
+                    f"{name}: element",
+                    index,
+                    "is an empty string (or missing); expected image bytes",
+                ],
+            ),
+            tf.debugging.Assert(
+                tf.logical_or(is_image, tf.equal(length, 0)),
+                [
+                    f"{name}: element",
+                    index,
+                    "is not an encoded JPEG, PNG, GIF or BMP image; first bytes:",
+                    header,
+                ],
+                summarize=8,
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        with tf.control_dependencies([check_image_size(image, name, index)]):
+            image = tf.identity(image)
+        resized, info = resize(image)
+        return tf.RaggedTensor.from_tensor(resized), info
+
+    def decode_batch(encoded, name):
+        with tf.control_dependencies([check_batch(encoded, name)]):
+            encoded = tf.identity(encoded)
+        index = tf.range(tf.shape(encoded)[0])
+        resized, info = tf.map_fn(
+            lambda args: decode_one(args[0], args[1], name),
+            (encoded, index),
+            fn_output_signature=(
+                tf.RaggedTensorSpec(shape=[None, None, 3], dtype=tf.float32, ragged_rank=1),
+                tf.TensorSpec([4, 2], tf.float32),
+            ),
+        )
+        # Ragged [B, (h), (w), 3] → zero-padded bottom/right to the batch's largest image.
+        return resized.to_tensor(), info
+
+    def infer(images, image_info):
+        outputs = model({"images": images, "image_info": image_info}, training=False)
+        scale = image_info[:, 2, :]  # (sy, sx) = resized / original
+        original = image_info[:, 0, :]  # (h, w) of the original image
+        yxyx_scale = tf.tile(scale, [1, 2])[:, None, :]
+        yxyx_max = tf.tile(original, [1, 2])[:, None, :]
+        boxes = tf.cast(outputs["boxes"], tf.float32) / yxyx_scale
+        # The model clips to the resized image; clip again to absorb division rounding.
+        boxes = tf.clip_by_value(boxes, 0.0, yxyx_max)
+        classes = tf.gather(label_to_category, tf.cast(outputs["classes"], tf.int32))
+        return {
+            "detection_boxes": boxes,
+            "detection_scores": tf.cast(outputs["scores"], tf.float32),
+            "detection_classes": classes,
+            "detection_masks": tf.cast(outputs["masks"], tf.float32),
+            "num_detections": tf.cast(outputs["num_detections"], tf.int32),
+            "image_info": image_info,
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def serve_encoded(images):
+        return infer(*decode_batch(images, f"{SIGNATURE_ENCODED} input 'images'"))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    def serve_image_tensor(images):
+        name = f"{SIGNATURE_IMAGE_TENSOR} input 'images'"
+        checks = [
+            check_batch(images, name),
+            tf.debugging.Assert(
+                tf.reduce_all(tf.shape(images)[1:3] > 0),
+                [f"{name}: zero-size images; got shape [B, H, W, 3] =", tf.shape(images)],
+                summarize=4,
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            images = tf.identity(images)
+        # Every image has the same size, so every resized image does too: map_fn can stack.
+        resized, info = tf.map_fn(
+            resize,
+            images,
+            fn_output_signature=(
+                tf.TensorSpec([None, None, 3], tf.float32),
+                tf.TensorSpec([4, 2], tf.float32),
+            ),
+        )
+        return infer(resized, info)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_tf_example(examples):
+        name = f"{SIGNATURE_TF_EXAMPLE} input 'examples'"
+        with tf.control_dependencies([check_batch(examples, name)]):
+            examples = tf.identity(examples)
+        # A missing feature parses as "" and is reported by decode_batch's empty-string check.
+        features = {TF_EXAMPLE_IMAGE_KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
+        parsed = tf.io.parse_example(examples, features)
+        encoded = parsed[TF_EXAMPLE_IMAGE_KEY]
+        return infer(*decode_batch(encoded, f"{name} feature '{TF_EXAMPLE_IMAGE_KEY}'"))
+
+    return {
+        SIGNATURE_ENCODED: serve_encoded,
+        SIGNATURE_IMAGE_TENSOR: serve_image_tensor,
+        SIGNATURE_TF_EXAMPLE: serve_tf_example,
+    }
+
+
+def export_serving(model, export_dir, version=1, *, overwrite=False, roi_warp="reference"):
+    """Write ``model``'s full inference pipeline as a SavedModel for TF Serving.
+
+    The SavedModel lands in ``export_dir/<version>/`` (see the module docstring for the
+    layout, signatures and outputs). It is written to a hidden staging directory first and
+    renamed into place, so a TF Serving process watching ``export_dir`` never sees a
+    half-written version.
+
+    Args:
+      model: an MNC ``keras.Model`` (needs ``config.short_side`` / ``config.max_side``;
+        ``class_names`` / ``category_ids`` are stored as ``assets/labels.txt``).
+      export_dir: the model's base directory (the one TF Serving's ``--model_base_path``
+        points at); created if missing.
+      version: positive int, the sub-directory name.
+      overwrite: replace an existing ``export_dir/<version>``; otherwise that is an error.
+      roi_warp: RoI warping implementation traced into the graph. Keep ``"reference"``
+        (stock ops) for anything that must load without the ``mnc_tf`` op library.
+
+    Returns:
+      The path of the written version directory.
+
+    Raises:
+      ValueError: bad ``version`` or a model without the attributes above.
+      FileExistsError: ``export_dir/<version>`` exists and ``overwrite`` is False.
+      RuntimeError: a non-stock ``Mnc*`` op ended up in the graph with ``roi_warp="reference"``.
+    """
+    from mnc_tf.ops import roi_warp_implementation
+
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version: expected a positive int, got {version!r}")
+    export_dir = os.fspath(export_dir)
+    target = os.path.join(export_dir, str(version))
+    if os.path.exists(target) and not overwrite:
+        raise FileExistsError(
+            f"export_dir: {target} already exists; pass overwrite=True (mnc-export --overwrite) "
+            "or choose another version"
+        )
+    category_ids, class_names = label_map(model)
+    short_side, max_side = _preprocess_config(model)
+    functions = build_serving_functions(model)
+    os.makedirs(export_dir, exist_ok=True)
+    # Hidden, non-integer name: TF Serving only loads integer sub-directories.
+    staging = tempfile.mkdtemp(prefix=f".staging-{version}-", dir=export_dir)
+    try:
+        assets_src = os.path.join(staging, "_assets_src")
+        os.makedirs(assets_src)
+        labels_path = os.path.join(assets_src, LABELS_FILENAME)
+        with open(labels_path, "w", encoding="utf-8") as f:
+            for category_id, name in zip(category_ids, class_names, strict=True):
+                f.write(f"{category_id}\t{name}\n")
+        info_path = os.path.join(assets_src, INFO_FILENAME)
+        with open(info_path, "w", encoding="utf-8") as f:
+            json.dump(
+                {
+                    "short_side": short_side,
+                    "max_side": max_side,
+                    "mask_size": getattr(model.config, "mask_size", None),
+                    # Binarisation threshold of the pasted soft masks (released MNC code: 0.4).
+                    "mask_threshold": getattr(model.config, "mask_binarize_threshold", 0.4),
+                    "category_ids": category_ids,
+                    "class_names": class_names,
+                    "signatures": list(SIGNATURES),
+                    "outputs": list(OUTPUT_KEYS),
+                },
+                f,
+                indent=2,
+            )
+        module = tf.Module()
+        # Track the variables only (as keras.export.ExportArchive does), not the Keras
+        # objects: the SavedModel then holds nothing but the serving graph and its weights.
+        module.model_variables = list(model.variables)
+        module.labels_asset = tf.saved_model.Asset(labels_path)
+        module.info_asset = tf.saved_model.Asset(info_path)
+        saved = os.path.join(staging, "model")
+        with roi_warp_implementation(roi_warp):
+            signatures = {name: fn.get_concrete_function() for name, fn in functions.items()}
+            tf.saved_model.save(module, saved, signatures=signatures)
+        if roi_warp == "reference":
+            custom = custom_ops_in_saved_model(saved)
+            if custom:
+                raise RuntimeError(
+                    f"export: the serving graph still contains custom ops {sorted(custom)}; "
+                    "a layer ignored roi_warp_implementation('reference')"
+                )
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.replace(saved, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def custom_ops_in_saved_model(saved_model_dir, prefix="Mnc"):
+    """Names of ops starting with ``prefix`` anywhere in a SavedModel's graphs.
+
+    Looks at the top-level graph and every function of its library (the signatures' bodies,
+    ``map_fn`` / ``while`` bodies), i.e. at what a loader must be able to resolve.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    found = set()
+    for meta_graph in proto.meta_graphs:
+        graph = meta_graph.graph_def
+        nodes = list(graph.node)
+        for function in graph.library.function:
+            nodes.extend(function.node_def)
+        found.update(node.op for node in nodes if node.op.startswith(prefix))
+    return found
+
+
+def latest_version_dir(path):
+    """Resolve a SavedModel path given as the version dir or the TF Serving base dir.
+
+    Returns ``path`` itself when it holds ``saved_model.pb``, else its highest integer
+    sub-directory holding one; raises ``FileNotFoundError`` naming ``path`` otherwise.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = []
+    if os.path.isdir(path):
+        for entry in os.listdir(path):
+            if entry.isdigit() and os.path.isfile(os.path.join(path, entry, "saved_model.pb")):
+                versions.append(int(entry))
+    if not versions:
+        raise FileNotFoundError(
+            f"{path}: not a SavedModel directory (no saved_model.pb in it or in an integer "
+            "version sub-directory)"
+        )
+    return os.path.join(path, str(max(versions)))

@@ -1,0 +1,5 @@
+"""Shared-feature backbones (Figure 2's "conv" trunk)."""
+
+from mnc_tf.modeling.backbones.factory import BACKBONES, ImageNormalization, build_backbone
+
+__all__ = ["BACKBONES", "ImageNormalization", "build_backbone"]

@@ -1,0 +1,61 @@
+"""Builds every part of an MNC model from its arguments and an :class:`MNCConfig`."""
+
+import dataclasses
+
+import keras
+
+from mnc_tf.modeling.anchors import AnchorGenerator
+from mnc_tf.modeling.backbones import ImageNormalization, build_backbone
+from mnc_tf.modeling.cascade import cascade_stages
+from mnc_tf.modeling.stage1_rpn.head import RPNHead
+from mnc_tf.modeling.stage2_mask.mask_head import MaskHead
+from mnc_tf.modeling.stage2_mask.roi_features import build_roi_warp
+from mnc_tf.modeling.stage3_class.class_head import ClassHead
+
+
+@dataclasses.dataclass
+class MNCParts:
+    """The components of Figure 2, before they are wired together by :class:`MNC`."""
+
+    normalizer: keras.layers.Layer
+    backbone: keras.Model
+    feature_stride: int
+    anchor_generator: AnchorGenerator
+    rpn_head: RPNHead
+    roi_warp: keras.layers.Layer
+    mask_head: MaskHead
+    class_head: ClassHead
+    stages: list
+
+
+def build_mnc_parts(num_classes, backbone, num_stages, config):
+    """Build the parts of ``MNC(num_classes, backbone, num_stages, config)``.
+
+    Raises:
+      ValueError: bad ``num_classes`` / ``num_stages`` / ``backbone``.
+      FileNotFoundError: ``config.backbone_weights`` does not exist.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    stages = cascade_stages(num_stages)
+    model, stride, norm = build_backbone(backbone, config)
+    anchors = AnchorGenerator(
+        config.anchor_base_size, config.anchor_ratios, config.anchor_scales, stride
+    )
+    return MNCParts(
+        normalizer=ImageNormalization(norm, name="normalize", dtype="float32"),
+        backbone=model,
+        feature_stride=stride,
+        anchor_generator=anchors,
+        rpn_head=RPNHead(anchors.num_anchors, config.rpn_conv_filters, name="rpn_head"),
+        roi_warp=build_roi_warp(config.roi_crop_size, config.roi_pooled_size, 1.0 / stride),
+        mask_head=MaskHead(config.mask_size, config.mask_fc_dim, name="mask_head"),
+        class_head=ClassHead(
+            num_classes,
+            config.fc_dim,
+            config.roi_pooled_size,
+            config.class_pool_size,
+            name="class_head",
+        ),
+        stages=stages,
+    )

@@ -1,0 +1,362 @@
+"""`MNC`: Multi-task Network Cascades as a ``keras.Model`` (fit / evaluate / predict / save).
+
+Figure 2 of the paper, in this package::
+
+    images ──normalize──▶ backbone ──▶ features [B, h, w, C]
+       stage 1  stage1_rpn.head ─▶ logits, deltas ─▶ stage1_rpn.proposals ─▶ boxes [B, P, 4]
+       stage 2  stage2_mask: RoI warp ─▶ mask head ─▶ masks [B, R, m, m]
+       stage 3  stage3_class: box + mask pathways ─▶ classes [B, R, N+1], deltas
+       stage 4/5 (cascade.py) the same heads on stage 3's regressed boxes
+       postprocess.py: per-class NMS ─▶ top K ─▶ mask voting
+
+Training (``fit``) samples anchors (stage1_rpn.anchor_labeler) and RoIs
+(stage2_mask.roi_sampler) by index only, so the RoI coordinates remain differentiable and the
+mask and class losses reach the RPN box regression (``box_gradient``), and the class loss
+reaches the mask head through the mask pathway.
+"""
+
+import warnings
+
+import keras
+import tensorflow as tf
+
+from mnc_tf.config import MNCConfig
+from mnc_tf.core import box_ops
+from mnc_tf.core import masks as mask_ops
+from mnc_tf.modeling import losses as loss_lib
+from mnc_tf.modeling import postprocess, sampling
+from mnc_tf.modeling.cascade import Cascade, loss_names
+from mnc_tf.modeling.factory import build_mnc_parts
+from mnc_tf.modeling.optim import build_optimizer
+from mnc_tf.modeling.stage1_rpn.anchor_labeler import label_anchors
+from mnc_tf.modeling.stage1_rpn.proposals import generate_proposals
+from mnc_tf.modeling.stage2_mask.roi_sampler import sample_rois
+
+_MODEL_KWARGS = ("name", "dtype", "trainable")
+# Loss name prefix → config weight field (the longest prefix wins, hence the order).
+_LOSS_WEIGHTS = (
+    ("rpn_cls_loss", "rpn_cls_loss_weight"),
+    ("rpn_box_loss", "rpn_box_loss_weight"),
+    ("mask_loss", "mask_loss_weight"),
+    ("cls_loss", "cls_loss_weight"),
+    ("box_loss", "box_loss_weight"),
+)
+
+
+@keras.saving.register_keras_serializable(package="mnc_tf")
+class MNC(keras.Model):
+    """Instance segmentation by Multi-task Network Cascades (Dai, He, Sun, CVPR 2016).
+
+    Args:
+      num_classes: number of object classes ``N`` (labels ``1..N``; 0 is background).
+      backbone: ``"vgg16"`` (paper), ``"resnet50"``, ``"resnet101"``, ``"tiny"`` or a
+        ``keras.Model`` (contract in :mod:`mnc_tf.modeling.backbones.factory`).
+      num_stages: 3 or 5 (any odd number ≥ 3 works: stages are a list).
+      config: an :class:`MNCConfig` (or its dict); defaults to the paper's settings.
+      class_names: optional ``N`` names, saved with the model.
+      category_ids: optional ``N`` source dataset category ids (``category_ids[label-1]``).
+      **overrides: :class:`MNCConfig` fields (e.g. ``mask_size=21``) or ``name``/``dtype``.
+
+    Call: ``model(images, training=False)`` with float32 ``[B, H, W, 3]`` 0..255 RGB images,
+    or the dataset ``features`` dict (``images``, optional ``image_info [B, 4, 2]``), returns
+    ``boxes [B, K, 4]`` (pixels of the input image), ``scores [B, K]``, ``classes [B, K]``
+    int32 (padding 0), ``masks [B, K, m, m]`` (soft masks in the boxes, after mask voting) and
+    ``num_detections [B]`` (``K = max_detections``), see docs/CONTRACTS.md.
+
+    Training: ``model.compile()`` (paper optimiser) then ``model.fit(dataset)`` where each
+    element is ``(features, targets)`` with targets ``boxes [B, N, 4]``, ``labels [B, N]``,
+    ``masks [B, N, H, W]`` padded with label -1. Every loss term is logged.
+    """
+
+    def __init__(self, num_classes, backbone="vgg16", num_stages=5, config=None,
+                 class_names=None, category_ids=None, **overrides):  # fmt: skip
+        model_kwargs = {k: overrides.pop(k) for k in _MODEL_KWARGS if k in overrides}
+        model_kwargs.setdefault("name", "mnc")
+        if config is None:
+            config = MNCConfig()
+        elif isinstance(config, dict):
+            config = MNCConfig.from_dict(config)
+        elif not isinstance(config, MNCConfig):
+            raise ValueError(f"config must be an MNCConfig or a dict, got {type(config).__name__}")
+        config = config.replace(**overrides)
+        super().__init__(**model_kwargs)
+        parts = build_mnc_parts(num_classes, backbone, num_stages, config)
+        if config.feature_stride is None:
+            config = config.replace(feature_stride=parts.feature_stride)
+        self.num_classes = int(num_classes)
+        self.num_stages = int(num_stages)
+        self.config = config
+        self._backbone_spec = backbone if isinstance(backbone, str) else None
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(
+                f"class_names must have num_classes={num_classes} entries, got {len(class_names)}"
+            )
+        if category_ids is not None and len(category_ids) != num_classes:
+            raise ValueError(
+                f"category_ids must have num_classes={num_classes} entries, "
+                f"got {len(category_ids)}"
+            )
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+        self.category_ids = None if category_ids is None else [int(c) for c in category_ids]
+
+        self.normalizer = parts.normalizer
+        self.backbone = parts.backbone
+        self.feature_stride = parts.feature_stride
+        self.anchor_generator = parts.anchor_generator
+        self.rpn_head = parts.rpn_head
+        self.roi_warp = parts.roi_warp
+        self.mask_head = parts.mask_head
+        self.class_head = parts.class_head
+        self.stages = parts.stages
+        self.cascade = Cascade(
+            self.stages,
+            {"mask_head": self.mask_head, "class_head": self.class_head},
+            self.roi_warp,
+            config,
+            num_classes,
+        )
+        self.loss_names = ["rpn_cls_loss", "rpn_box_loss"] + loss_names(self.stages)
+        self.loss_trackers = [keras.metrics.Mean(name=n) for n in self.loss_names]
+        self.build()
+
+    # ------------------------------------------------------------------ building
+    def build(self, input_shape=None):
+        """Create every weight (input shapes are dynamic, so no shape is needed)."""
+        channels = self.backbone.output_shape[-1]
+        s, m = self.config.roi_pooled_size, self.config.mask_size
+        self.normalizer.build((None, None, None, 3))
+        self.rpn_head.build((None, None, None, channels))
+        self.mask_head.build((None, s, s, channels))
+        self.class_head.build((None, s, s, channels), (None, m, m))
+        self.built = True
+
+    # ------------------------------------------------------------------ inputs
+    def _prepare_inputs(self, inputs):
+        """→ ``(images float32 [B, H, W, 3], image_size float32 [B, 2], image_ids or None)``."""
+        image_ids = None
+        if isinstance(inputs, dict):
+            if "images" not in inputs:
+                raise ValueError(
+                    f"inputs dict must have an 'images' key, got keys {sorted(inputs)}"
+                )
+            images, info = inputs["images"], inputs.get("image_info")
+            image_ids = inputs.get("image_id")
+        else:
+            images, info = inputs, None
+        images = tf.convert_to_tensor(images)
+        if images.shape.rank != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"images must be [B, H, W, 3] RGB (0..255), got shape {tuple(images.shape)}"
+            )
+        images = tf.cast(images, tf.float32)
+        if info is not None:
+            info = tf.convert_to_tensor(info, tf.float32)
+            if info.shape.rank != 3 or tuple(info.shape[1:]) != (4, 2):
+                raise ValueError(f"image_info must be [B, 4, 2], got shape {tuple(info.shape)}")
+            image_size = info[:, 1, :]
+        else:
+            shape = tf.shape(images)
+            image_size = tf.cast(tf.tile(shape[None, 1:3], tf.stack([shape[0], 1])), tf.float32)
+        return images, image_size, image_ids
+
+    def _prepare_targets(self, targets, images):
+        """Validate padded targets → dict ``boxes, labels, valid, masks``."""
+        if not isinstance(targets, dict):
+            raise ValueError(
+                "targets must be a dict with 'boxes', 'labels', 'masks' "
+                f"(docs/CONTRACTS.md), got {type(targets).__name__}"
+            )
+        missing = [k for k in ("boxes", "labels", "masks") if k not in targets]
+        if missing:
+            raise ValueError(f"targets is missing {missing}; it has keys {sorted(targets)}")
+        boxes = tf.cast(tf.convert_to_tensor(targets["boxes"]), tf.float32)
+        labels = tf.cast(tf.convert_to_tensor(targets["labels"]), tf.int32)
+        masks = tf.convert_to_tensor(targets["masks"])
+        if boxes.shape.rank != 3 or boxes.shape[-1] != 4:
+            raise ValueError(f"targets['boxes'] must be [B, N, 4], got {tuple(boxes.shape)}")
+        if labels.shape.rank != 2:
+            raise ValueError(f"targets['labels'] must be [B, N], got {tuple(labels.shape)}")
+        if masks.shape.rank != 4:
+            raise ValueError(f"targets['masks'] must be [B, N, H, W], got {tuple(masks.shape)}")
+        if boxes.shape[1] == 0:
+            raise ValueError("targets must have N >= 1 instance slots (pad with label -1)")
+        for i, (a, b) in enumerate(zip(masks.shape[2:], images.shape[1:3])):
+            if a is not None and b is not None and a != b:
+                raise ValueError(
+                    f"targets['masks'] spatial size must equal the images' "
+                    f"{tuple(images.shape[1:3])}, got {tuple(masks.shape[2:])} (axis {i + 2})"
+                )
+        if masks.dtype not in (tf.uint8, tf.float32):
+            masks = tf.cast(masks, tf.uint8)
+        check = tf.debugging.assert_less_equal(
+            labels,
+            self.num_classes,
+            message=f"targets['labels'] must be <= num_classes={self.num_classes}",
+        )
+        with tf.control_dependencies([check]):
+            labels = tf.identity(labels)
+        return {"boxes": boxes, "labels": labels, "valid": labels > 0, "masks": masks}
+
+    # ------------------------------------------------------------------ forward
+    def _features(self, images, training):
+        features = self.backbone(self.normalizer(images), training=training)
+        logits, deltas = self.rpn_head(features, training=training)
+        return features, logits, deltas, self.anchor_generator(features)
+
+    def call(self, inputs, training=False):
+        """Detections (see the class docstring); no Python loop over RoIs or instances."""
+        images, image_size, _ = self._prepare_inputs(inputs)
+        cfg = self.config
+        features, logits, deltas, anchors = self._features(images, training)
+        proposals, _, valid = generate_proposals(
+            logits, deltas, anchors, image_size, cfg.rpn_pre_nms_topk_test,
+            cfg.rpn_post_nms_topk_test, cfg.rpn_nms_iou, cfg.rpn_min_size,
+        )  # fmt: skip
+        boxes, masks, probs, valid = self.cascade.infer(
+            features, image_size, proposals, valid, training=training
+        )
+        return postprocess.detect(boxes, masks, probs, valid, cfg)
+
+    def compute_losses(self, x, y, training=True):
+        """All loss terms for a batch.
+
+        Args:
+          x: images ``[B, H, W, 3]`` or the features dict; y: the targets dict.
+
+        Returns:
+          dict name → float32 scalar: every term of :attr:`loss_names` (mean over the local
+          batch of per-image losses, unweighted) and ``"loss"``, their weighted sum.
+        """
+        cfg = self.config
+        images, image_size, image_ids = self._prepare_inputs(x)
+        gt = self._prepare_targets(y, images)
+        batch = tf.shape(images)[0]
+        features, logits, deltas, anchors = self._features(images, training)
+
+        step = self.optimizer.iterations if getattr(self, "optimizer", None) is not None else 0
+        seeds = sampling.image_seeds(
+            batch, step, cfg.sampling_seed, cfg.deterministic_sampling, image_ids, gt["boxes"]
+        )
+        # Stage 1 targets and losses.
+        anchor_keys = sampling.uniform(seeds, tf.shape(anchors)[0], sampling.SALT_ANCHORS)
+        labels, matched_boxes = label_anchors(
+            anchors, gt["boxes"], gt["valid"], image_size, anchor_keys, cfg
+        )
+        target_deltas = box_ops.encode(matched_boxes, anchors[None])
+        rpn_cls, rpn_box = loss_lib.rpn_losses(
+            logits, deltas, labels, target_deltas, cfg.rpn_smooth_l1_beta
+        )
+        # Proposals (differentiable w.r.t. the RPN deltas) → RoI sample → stages 2..n.
+        proposals, _, valid = generate_proposals(
+            logits, deltas, anchors, image_size, cfg.rpn_pre_nms_topk_train,
+            cfg.rpn_post_nms_topk_train, cfg.rpn_nms_iou, cfg.rpn_min_size,
+        )  # fmt: skip
+        roi_keys = sampling.uniform(
+            seeds, tf.shape(proposals)[1] + tf.shape(gt["boxes"])[1], sampling.SALT_ROIS
+        )
+        sample = sample_rois(
+            proposals, valid, gt["boxes"], gt["labels"], gt["valid"], roi_keys, cfg
+        )
+        per_image = {"rpn_cls_loss": rpn_cls, "rpn_box_loss": rpn_box}
+        per_image.update(self.cascade.train(features, image_size, sample, gt, training))
+        out = {name: tf.reduce_mean(per_image[name]) for name in self.loss_names}
+        out["loss"] = tf.add_n([self._loss_weight(name) * out[name] for name in self.loss_names])
+        return out
+
+    def _loss_weight(self, name):
+        for prefix, field in _LOSS_WEIGHTS:
+            if name.startswith(prefix):
+                return float(getattr(self.config, field))
+        raise ValueError(f"no loss weight for loss term {name!r}")
+
+    # ------------------------------------------------------------------ Keras training API
+    def compile(self, optimizer=None, loss=None, jit_compile=False, **kwargs):
+        """Keras ``compile``; with no ``optimizer`` uses the config's (paper: SGD momentum 0.9,
+        weight decay 5e-4, lr 1e-3 ×0.1 for the last 20% of ``total_steps``).
+
+        ``loss`` must be None (MNC computes its own multi-task loss). ``jit_compile`` is
+        always False: the RoI warp custom op has no XLA kernel.
+        """
+        if loss is not None:
+            raise ValueError("loss must be None: MNC computes its own losses (see compute_losses)")
+        if jit_compile not in (False, None, "auto"):
+            warnings.warn("MNC.compile: jit_compile forced to False (the RoI warp op has no XLA kernel)",
+                          stacklevel=2)  # fmt: skip
+        if optimizer is None:
+            optimizer = build_optimizer(self.config)
+        super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Total loss, scaled for distribution as Keras' ``compute_loss`` (÷ replicas)."""
+        return _scale_for_replicas(self.compute_losses(x, y, training=training)["loss"])
+
+    def train_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError("MNC.fit needs (features, targets) elements; got no targets")
+        with tf.GradientTape() as tape:
+            terms = self.compute_losses(x, y, training=True)
+            # Each replica's loss is the mean over its local images; dividing by the number
+            # of replicas makes the all-reduced (summed) gradients the global-batch mean.
+            loss = self.optimizer.scale_loss(_scale_for_replicas(terms["loss"]))
+        variables = self.trainable_weights
+        grads = tape.gradient(loss, variables)
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        self.optimizer.apply_gradients(pairs)
+        return self._update_trackers(terms)
+
+    def test_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError("MNC.evaluate needs (features, targets) elements; got no targets")
+        return self._update_trackers(self.compute_losses(x, y, training=False))
+
+    def _update_trackers(self, terms):
+        if self._loss_tracker is not None:
+            self._loss_tracker.update_state(terms["loss"])
+        for tracker in self.loss_trackers:
+            tracker.update_state(terms[tracker.name])
+        logs = {"loss": terms["loss"] if self._loss_tracker is None else self._loss_tracker.result()}
+        logs.update({t.name: t.result() for t in self.loss_trackers})
+        return logs
+
+    # ------------------------------------------------------------------ helpers
+    def full_image_masks(self, detections, image_size, threshold=None):
+        """Paste ``detections["masks"]`` into binary image masks uint8 ``[B, K, H, W]``
+        (``threshold`` defaults to ``mask_binarize_threshold``, 0.4)."""
+        t = self.config.mask_binarize_threshold if threshold is None else threshold
+        return mask_ops.paste_masks_batched(
+            detections["masks"], detections["boxes"], detections["num_detections"], image_size, t
+        )
+
+    # ------------------------------------------------------------------ serialisation
+    def get_config(self):
+        config = self.config.replace(backbone_weights=None)  # weights travel in the .keras file
+        backbone = self._backbone_spec
+        if backbone is None:
+            backbone = keras.saving.serialize_keras_object(self.backbone)
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            "num_classes": self.num_classes,
+            "backbone": backbone,
+            "num_stages": self.num_stages,
+            "config": config.to_dict(),
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "category_ids": None if self.category_ids is None else list(self.category_ids),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("backbone"), dict):
+            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
+        return cls(**config)
+
+
+def _scale_for_replicas(loss):
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss if replicas == 1 else loss * (1.0 / replicas)

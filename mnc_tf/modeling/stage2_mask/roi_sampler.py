@@ -1,0 +1,71 @@
+"""Stage 2 training input: sample RoIs from the proposals (+ GT boxes) for stages 2 and 3."""
+
+import tensorflow as tf
+
+from mnc_tf.modeling import matching, sampling
+
+
+def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, keys, config):
+    """Pick ``R = roi_batch_size_per_image`` RoIs per image, as the released MNC code.
+
+    Candidates are the proposals plus (``add_gt_as_proposals``) the GT boxes. At most
+    ``R · roi_fg_fraction`` foreground (max IoU ≥ ``roi_fg_iou``) are drawn at random, the
+    rest are background drawn from IoU ``[roi_bg_iou_low, roi_bg_iou_high)`` first and from
+    ``[0, roi_bg_iou_low)`` when those run out. Selection is by index only: the returned RoI
+    coordinates are gathered from ``proposals`` and stay differentiable w.r.t. them.
+
+    Args:
+      proposals: float32 ``[B, P, 4]``; proposal_valid: bool ``[B, P]``.
+      gt_boxes: float32 ``[B, N, 4]``; gt_labels: int32 ``[B, N]``; gt_valid: bool ``[B, N]``.
+      keys: float32 ``[B, P + N]`` uniform randomness.
+      config: :class:`mnc_tf.MNCConfig`.
+
+    Returns:
+      dict of ``[B, R]`` tensors plus ``rois [B, R, 4]``: ``valid`` (a real sample),
+      ``fg`` (foreground by box IoU), ``matched`` (int32 GT index), ``labels`` (int32 GT
+      class for fg, else 0), ``max_iou``.
+    """
+    gt_boxes = tf.cast(gt_boxes, tf.float32)
+    if config.add_gt_as_proposals:
+        candidates = tf.concat([proposals, gt_boxes], axis=1)
+        cand_valid = tf.concat([proposal_valid, gt_valid], axis=1)
+    else:
+        candidates, cand_valid = proposals, proposal_valid
+        keys = keys[:, : tf.shape(proposals)[1]]
+    max_iou, matched, _ = matching.match_to_gt(candidates, gt_boxes, gt_valid)
+    fg = cand_valid & (max_iou >= config.roi_fg_iou)
+    bg_main = cand_valid & (max_iou < config.roi_bg_iou_high) & (max_iou >= config.roi_bg_iou_low)
+    bg_fill = cand_valid & (max_iou < config.roi_bg_iou_low)
+
+    total = int(config.roi_batch_size_per_image)
+    max_fg = max(1, int(round(total * config.roi_fg_fraction)))
+    batch = tf.shape(max_iou)[0]
+    fg_sel = sampling.select_random(fg, tf.fill([batch], max_fg), keys, max_fg)
+    # Priorities: chosen fg > bg in [low, high) > bg in [0, low) > not usable; the random key
+    # orders entries within a class. top_k then takes fg first and fills with background.
+    priority = tf.where(
+        fg_sel,
+        3.0,
+        tf.where(bg_main & ~fg, 2.0, tf.where(bg_fill & ~fg, 1.0, -2.0)),
+    )
+    priority = priority + keys
+    k = tf.minimum(total, tf.shape(priority)[1])
+    top, idx = tf.math.top_k(priority, k=k, sorted=True)
+    valid = top >= 1.0
+    # Fewer candidates than R (tiny proposal sets): pad to the fixed R with invalid rows.
+    pad = total - k
+    idx = tf.reshape(tf.pad(idx, [[0, 0], [0, pad]]), [-1, total])
+    valid = tf.reshape(tf.pad(valid, [[0, 0], [0, pad]]), [-1, total])
+    rois = tf.gather(candidates, idx, batch_dims=1)
+    rois = tf.where(valid[..., None], rois, 0.0)
+    roi_fg = tf.gather(fg_sel, idx, batch_dims=1) & valid
+    roi_matched = tf.gather(matched, idx, batch_dims=1)
+    labels = tf.where(roi_fg, tf.gather(gt_labels, roi_matched, batch_dims=1), 0)
+    return {
+        "rois": rois,
+        "valid": valid,
+        "fg": roi_fg,
+        "matched": roi_matched,
+        "labels": tf.cast(labels, tf.int32),
+        "max_iou": tf.gather(max_iou, idx, batch_dims=1),
+    }

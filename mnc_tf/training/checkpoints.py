@@ -1,0 +1,331 @@
+"""Fault tolerance: step checkpoints that resume exactly, an atomic best model, the final export.
+
+:class:`BackupAndRestore` is a ``keras.callbacks.BackupAndRestore`` (use it like one:
+``BackupAndRestore(backup_dir, save_freq=N, delete_checkpoint=False)``) that fixes three things
+Keras 3's own callback does not do:
+
+* **Atomic saves.** Keras 3 overwrites ``latest.weights.h5`` in place, so a kill during a save
+  leaves a truncated latest file (and a metadata JSON that may disagree with it). Here the
+  storage is ``tf.train.CheckpointManager``: a checkpoint's data and index files are written
+  under temporary names and renamed when complete, and only then is the ``checkpoint`` state
+  file — the pointer to the latest checkpoint — replaced atomically (write-then-rename). A
+  process killed at any moment leaves the pointer on the previous complete checkpoint. (This
+  protects against a killed process, not against losing the machine's power: nothing is
+  fsync'ed.) Should a listed checkpoint still be unreadable (e.g. deleted by hand), the restore
+  falls back to the next older one and logs it.
+* **Resume at the step, not the epoch.** The checkpoint holds the model, the optimizer and its
+  ``iterations`` counter (the global step, which also drives the learning-rate schedule). A
+  restart sets Keras's initial epoch to ``step // steps_per_epoch`` and ends that first epoch
+  early, at the epoch boundary, so the run continues exactly from the saved step and performs
+  ``total_steps`` optimizer steps in all — not the Keras 3 behaviour of replaying the whole
+  interrupted epoch on top of mid-epoch weights.
+* **Multi-worker.** Every worker takes part in each save (TF's rule), but only the chief writes
+  to ``backup_dir``; the others write to scratch directories that are removed right away.
+
+Checkpoint files: ``backup_dir/ckpt-<step>.index`` / ``.data-*`` and ``backup_dir/checkpoint``;
+``tf.train.latest_checkpoint(backup_dir)`` finds the newest and ``tf.train.Checkpoint(model=m,
+optimizer=m.optimizer).restore(path)`` loads it outside training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+
+import keras
+import tensorflow as tf
+
+from mnc_tf.training import strategy as strategy_lib
+
+logger = logging.getLogger("mnc_tf.training")
+
+# Errors that mean "this checkpoint cannot be read" (truncated, missing shard, wrong graph).
+_UNREADABLE = (
+    tf.errors.NotFoundError,
+    tf.errors.DataLossError,
+    tf.errors.InvalidArgumentError,
+    tf.errors.FailedPreconditionError,
+    OSError,
+    ValueError,
+    AssertionError,
+)
+
+
+def global_step(model: keras.Model) -> int:
+    """The optimizer's iteration counter (number of applied updates) as a Python int."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Checkpoint every ``save_freq`` steps; restore the latest on ``fit`` start (see module doc).
+
+    Args:
+      backup_dir: directory of the checkpoints (created if missing). Reuse the same directory
+        — i.e. run the same command — to resume.
+      save_freq: an int N (save when the global step is a multiple of N, so a resumed run saves
+        at the same steps as an uninterrupted one) or ``"epoch"``.
+      delete_checkpoint: delete ``backup_dir`` when ``fit`` ends (Keras's default ``True``;
+        training scripts pass ``False`` to keep the checkpoints).
+      max_to_keep: how many checkpoints to keep (older ones are deleted after a new one is
+        complete).
+      steps_per_epoch: the ``steps_per_epoch`` given to ``fit``; needed to resume mid-epoch
+        (``None``: resume at the start of the epoch that contains the saved step).
+      total_steps: stop ``fit`` once the global step reaches this (``None``: no limit).
+    """
+
+    def __init__(
+        self,
+        backup_dir,
+        save_freq="epoch",
+        double_checkpoint=False,
+        delete_checkpoint=True,
+        max_to_keep=3,
+        steps_per_epoch=None,
+        total_steps=None,
+    ):
+        super().__init__(
+            backup_dir,
+            save_freq=save_freq,
+            double_checkpoint=double_checkpoint,
+            delete_checkpoint=delete_checkpoint,
+        )
+        if isinstance(save_freq, int) and save_freq < 1:
+            raise ValueError(f"save_freq must be >= 1 or 'epoch', got {save_freq}.")
+        if max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}.")
+        self.max_to_keep = int(max_to_keep)
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = total_steps
+        self.restored_step = None  # global step restored at fit start (None: fresh start)
+        self.restored_path = None
+        self.steps_run = 0  # optimizer steps taken in this process
+        self._manager = None
+        self._checkpoint = None
+        self._last_saved_step = None
+        self._epoch_end_step = None  # stop the first (partial) epoch here after a resume
+        self._stopped_partial_epoch = False
+
+    # ------------------------------------------------------------------ storage
+    def _ensure_manager(self):
+        if self._manager is not None:
+            return
+        strategy = self.model.distribute_strategy
+        self._chief = strategy_lib.is_chief(strategy)
+        directory = self.backup_dir
+        if not self._chief:
+            directory = os.path.join(
+                self.backup_dir,
+                ".scratch",
+                f"{strategy_lib.worker_id(strategy)}-{uuid.uuid4().hex}",
+            )
+        os.makedirs(directory, exist_ok=True)
+        self._checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
+        self._manager = tf.train.CheckpointManager(
+            self._checkpoint, directory, max_to_keep=self.max_to_keep, checkpoint_name="ckpt"
+        )
+
+    def _save_model(self):
+        self._ensure_manager()
+        step = global_step(self.model)
+        if step == self._last_saved_step:
+            return
+        path = self._manager.save(checkpoint_number=step)
+        self._last_saved_step = step
+        if self._chief:
+            logger.info("saved checkpoint %s", path)
+        else:
+            shutil.rmtree(self._manager.directory, ignore_errors=True)
+            self._manager = None  # a fresh scratch directory next time
+
+    def _candidates(self):
+        """Checkpoint prefixes in ``backup_dir``, newest first (state file, then a scan)."""
+        paths = []
+        state = tf.train.get_checkpoint_state(self.backup_dir)
+        if state is not None:
+            paths.extend(reversed(list(state.all_model_checkpoint_paths)))
+            if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
+                paths.insert(0, state.model_checkpoint_path)
+        # Complete checkpoints the state file does not list (never the case for ours, but a
+        # hand-edited directory should still resume).
+        if os.path.isdir(self.backup_dir):
+            for name in os.listdir(self.backup_dir):
+                if name.startswith("ckpt-") and name.endswith(".index"):
+                    p = os.path.join(self.backup_dir, name[: -len(".index")])
+                    if p not in paths and os.path.abspath(p) not in map(os.path.abspath, paths):
+                        paths.append(p)
+
+        def step_of(p):
+            try:
+                return int(os.path.basename(p).rsplit("-", 1)[1])
+            except (IndexError, ValueError):
+                return -1
+
+        paths = [p if os.path.isabs(p) else os.path.join(self.backup_dir, p) for p in paths]
+        return sorted(dict.fromkeys(paths), key=step_of, reverse=True)
+
+    def _load_model(self):
+        if not self.model.built:
+            raise ValueError(
+                "BackupAndRestore needs a built model: call the model on a batch (or build it) "
+                "before fit()."
+            )
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            # Slot variables must exist so that they are restored now, not lazily.
+            with self.model.distribute_strategy.scope():
+                self.model.optimizer.build(self.model.trainable_variables)
+        self._ensure_manager()
+        for path in self._candidates():
+            try:
+                self._checkpoint.restore(path).assert_existing_objects_matched()
+            except _UNREADABLE as e:
+                logger.warning("checkpoint %s is unreadable (%s); trying an older one", path, e)
+                continue
+            self.restored_path = path
+            self.restored_step = global_step(self.model)
+            self._last_saved_step = self.restored_step
+            logger.info("restored checkpoint %s (step %d)", path, self.restored_step)
+            return
+        if self._candidates():
+            raise RuntimeError(
+                f"None of the checkpoints in {self.backup_dir} could be restored; move the "
+                "directory away to start from scratch."
+            )
+
+    # ------------------------------------------------------------------ fit hooks
+    def on_train_begin(self, logs=None):
+        self._load_model()
+        self.steps_run = 0
+        step = self.restored_step or 0
+        if self.steps_per_epoch:
+            epoch = step // self.steps_per_epoch
+            if step:
+                self.model._initial_epoch = epoch  # what Keras's own callback sets
+            if step % self.steps_per_epoch:
+                self._epoch_end_step = (epoch + 1) * self.steps_per_epoch
+        if self.total_steps is not None and step >= self.total_steps and self.steps_per_epoch:
+            # Already finished: start past the last epoch so fit() runs no step at all.
+            self.model._initial_epoch = math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = global_step(self.model)
+        self.steps_run += 1
+        if isinstance(self.save_freq, int) and step % self.save_freq == 0:
+            self._save_model()
+        if self.total_steps is not None and step >= self.total_steps:
+            self.model.stop_training = True
+        elif self._epoch_end_step is not None and step >= self._epoch_end_step:
+            # Keras runs the resumed epoch for a full steps_per_epoch; end it at its boundary.
+            self._epoch_end_step = None
+            self._stopped_partial_epoch = True
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._stopped_partial_epoch:
+            # Only this callback asked to stop: keep training with the next epoch. (It runs
+            # first among the callbacks, so later ones may still stop training.)
+            self._stopped_partial_epoch = False
+            self.model.stop_training = False
+        if self.save_freq == "epoch":
+            self._save_model()
+
+    def on_train_end(self, logs=None):
+        self._save_model()
+        self.model._initial_epoch = None  # do not leak the resume point into a later fit()
+        if self.delete_checkpoint and self._chief and os.path.isdir(self.backup_dir):
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+def latest_step(backup_dir) -> int | None:
+    """Global step of the latest checkpoint in ``backup_dir`` (from its file name), or None."""
+    path = tf.train.latest_checkpoint(backup_dir)
+    if path is None:
+        return None
+    return int(os.path.basename(path).rsplit("-", 1)[1])
+
+
+def atomic_save_model(model: keras.Model, path: str):
+    """``model.save(path)`` through a temporary file and ``os.replace``.
+
+    A kill during the save leaves either the previous file or the new one, never a partial one.
+    """
+    if not str(path).endswith(".keras"):
+        raise ValueError(f"path must end in '.keras', got {path!r}.")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Save the model as ``.keras`` (atomically) whenever ``monitor`` improves; chief only.
+
+    Next to the model, ``<path>.json`` records the metric value, epoch and global step.
+    A missing ``monitor`` in an epoch's logs (e.g. no evaluation that epoch) is skipped.
+
+    Args:
+      filepath: ``.../best.keras``.
+      monitor: a key of the epoch logs (e.g. ``"mAP_r@0.5"``, ``"val_loss"``, ``"loss"``).
+      mode: ``"max"`` or ``"min"``.
+    """
+
+    def __init__(self, filepath, monitor="loss", mode="min"):
+        super().__init__()
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
+        if not str(filepath).endswith(".keras"):
+            raise ValueError(f"filepath must end in '.keras', got {filepath!r}.")
+        self.filepath = str(filepath)
+        self.monitor = monitor
+        self.mode = mode
+        self.best = None
+        self._warned = False
+        meta = self.filepath + ".json"
+        if os.path.exists(meta):
+            # A resumed run must beat the best of the run it resumes.
+            with open(meta) as f:
+                self.best = json.load(f).get("value")
+
+    def _improved(self, value):
+        if self.best is None or not math.isfinite(self.best):
+            return math.isfinite(value)
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.monitor not in logs:
+            if not self._warned:
+                logger.warning(
+                    "best-model metric %r not in the epoch logs (have: %s); skipped",
+                    self.monitor,
+                    ", ".join(sorted(logs)),
+                )
+                self._warned = True
+            return
+        value = float(logs[self.monitor])
+        if not self._improved(value):
+            return
+        self.best = value
+        if not strategy_lib.is_chief(self.model.distribute_strategy):
+            return
+        atomic_save_model(self.model, self.filepath)
+        meta = {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "value": value,
+            "epoch": epoch + 1,
+            "step": global_step(self.model),
+        }
+        tmp = self.filepath + ".json.tmp"
+        with open(tmp, "w") as f:
+            json.dump(meta, f)
+        os.replace(tmp, self.filepath + ".json")
+        logger.info("new best %s = %.4f, saved %s", self.monitor, value, self.filepath)

@@ -1,0 +1,516 @@
+"""``train(config, model_dir)``: one experiment config → a trained, checkpointed, exported model.
+
+What a run does, in order:
+
+1. picks the ``tf.distribute`` strategy (:mod:`mnc_tf.training.strategy`) — first, because a
+   multi-worker strategy must exist before any other TensorFlow op runs;
+2. sets the mixed-precision policy and the random seed;
+3. builds the datasets (generating the synthetic shapes on first use) with the *global* batch
+   ``per_replica_batch_size × replicas``, split per replica by
+   ``strategy.distribute_datasets_from_function`` (each input pipeline reads its own shard);
+4. builds ``mnc_tf.MNC`` inside ``strategy.scope()`` with the learning rate scaled linearly to
+   the global batch (logged), and ``compile()``s it with the paper's optimiser and XLA off;
+5. ``fit``s for ``model.total_steps`` steps with, in this order, :class:`BackupAndRestore`
+   (checkpoints every ``checkpoint_every`` steps, exact resume), evaluation every
+   ``eval_every_epochs`` epochs (COCO box/mask AP and VOC mAP^r into the logs),
+   ``best.keras`` on ``best_metric``, TensorBoard (:class:`TrainingSummaries`), and Keras's
+   progress bar;
+6. writes ``final.keras``, the SavedModel ``export/1`` (TF Serving layout), ``history.json``
+   and ``run_info.json`` (steps, time, images/s, the resolved config).
+
+``model_dir`` layout::
+
+    config.yaml        the resolved config of the first run (a resumed run warns on changes)
+    checkpoints/       ckpt-<step>.* + checkpoint (tf.train.CheckpointManager)
+    logs/              TensorBoard event files
+    best.keras(.json)  best model by train.best_metric
+    final.keras        the model after the last step
+    export/1/          SavedModel for TF Serving (mnc_tf.export.serving.export_serving)
+    history.json       Keras history of this process's fit
+    run_info.json      strategy, global batch, learning rate, steps, wall time, throughput
+
+Running the same command again resumes from the latest checkpoint (or does nothing more than
+re-export when the run had finished).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+
+from mnc_tf.training import strategy as strategy_lib
+from mnc_tf.training.config import ExperimentConfig, load_config
+
+logger = logging.getLogger("mnc_tf.training")
+
+
+@dataclasses.dataclass
+class DataSplits:
+    """The datasets of a run.
+
+    ``train`` is what ``fit`` consumes (a ``tf.data.Dataset`` or a distributed dataset,
+    repeating forever); ``val`` a plain, finite, batched ``tf.data.Dataset`` (or None);
+    ``info``/``val_info`` their :class:`mnc_tf.data.DatasetInfo`.
+    """
+
+    train: object
+    info: object
+    val: object = None
+    val_info: object = None
+
+
+# ---------------------------------------------------------------------------------- data
+def ensure_shapes_dataset(shapes_cfg, split: str, num_images: int) -> tuple[str, str]:
+    """Generate (once) one split of the synthetic shapes dataset; returns ``(json, image_dir)``.
+
+    The split is regenerated only when its parameters change (recorded in ``spec.json``).
+    Generation writes into a temporary directory renamed into place, so concurrent workers
+    and interrupted runs never see a half-written split.
+    """
+    from mnc_tf.data import make_shapes_dataset
+
+    root = os.path.abspath(shapes_cfg.dir)
+    target = os.path.join(root, split)
+    spec = {
+        "num_images": int(num_images),
+        "seed": int(shapes_cfg.seed),
+        "image_size": shapes_cfg.image_size,
+        "num_classes": int(shapes_cfg.num_classes),
+        "options": dict(shapes_cfg.options),
+    }
+    spec_file = os.path.join(target, "spec.json")
+    ann = os.path.join(target, "annotations.json")
+    images = os.path.join(target, "images")
+    if os.path.isfile(spec_file) and os.path.isfile(ann):
+        with open(spec_file) as f:
+            if json.load(f) == spec:
+                return ann, images
+    tmp_root = os.path.join(root, f".tmp-{uuid.uuid4().hex}")
+    try:
+        logger.info("generating %d synthetic shapes images (%s) in %s", num_images, split, target)
+        make_shapes_dataset(
+            tmp_root,
+            num_images,
+            seed=shapes_cfg.seed,
+            image_size=shapes_cfg.image_size,
+            num_classes=shapes_cfg.num_classes,
+            split=split,
+            **shapes_cfg.options,
+        )
+        with open(os.path.join(tmp_root, split, "spec.json"), "w") as f:
+            json.dump(spec, f)
+        if os.path.isdir(target):
+            trash = f"{target}.old-{uuid.uuid4().hex}"
+            os.rename(target, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.rename(os.path.join(tmp_root, split), target)
+        except OSError:
+            if not os.path.isfile(ann):  # not "another worker got there first"
+                raise
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return ann, images
+
+
+def _sources(data_cfg, model_dir):
+    """``(train_annotation, train_image_dir, val_annotation, val_image_dir)``.
+
+    Annotations are a COCO JSON path or an already-converted COCO dict (SBD / VOC).
+    """
+    fmt = data_cfg.format
+    if fmt == "shapes":
+        s = data_cfg.shapes
+        train = ensure_shapes_dataset(s, "train", s.num_train_images)
+        val = ensure_shapes_dataset(s, "val", s.num_val_images) if s.num_val_images else None
+        return (*train, *(val or (None, None)))
+    if fmt == "coco":
+        if not data_cfg.train_annotations or not data_cfg.train_images:
+            raise ValueError(
+                "data.format 'coco' needs data.train_annotations (instances JSON) and "
+                "data.train_images (image folder)."
+            )
+        for key in ("train_annotations", "train_images", "val_annotations", "val_images"):
+            path = getattr(data_cfg, key)
+            if path and not os.path.exists(path):
+                raise ValueError(f"data.{key}: {path} does not exist.")
+        return (
+            data_cfg.train_annotations,
+            data_cfg.train_images,
+            data_cfg.val_annotations,
+            data_cfg.val_images,
+        )
+    # sbd / voc: convert the instance PNG/.mat annotations to COCO once, cached in model_dir.
+    from mnc_tf.data import sbd_to_coco
+
+    if not data_cfg.root or not os.path.isdir(data_cfg.root):
+        raise ValueError(
+            f"data.format {fmt!r} needs data.root (a directory), got {data_cfg.root!r}."
+        )
+    out = []
+    for split in (data_cfg.train_split, data_cfg.val_split):
+        if not split:
+            out.extend((None, None))
+            continue
+        cache = os.path.join(model_dir, f"{fmt}_{split}_annotations.json")
+        if os.path.isfile(cache):
+            with open(cache) as f:
+                cached = json.load(f)
+            coco, image_dir = cached["coco"], cached["image_dir"]
+        else:
+            coco, image_dir, skipped = sbd_to_coco(data_cfg.root, split, layout=fmt)
+            if skipped:
+                logger.warning("%s %s: skipped while converting: %s", fmt, split, skipped)
+            tmp = f"{cache}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "w") as f:
+                json.dump({"coco": coco, "image_dir": image_dir}, f)
+            os.replace(tmp, cache)
+        out.extend((coco, image_dir))
+    return tuple(out)
+
+
+def build_datasets(config: ExperimentConfig, strategy, model_dir: str) -> DataSplits:
+    """Training (distributed, repeating) and held-out datasets for ``config``."""
+    from mnc_tf.data import coco_dataset, coco_dataset_fn
+
+    data_cfg = config.data
+    mnc_cfg = config.mnc_config()
+    train_ann, train_dir, val_ann, val_dir = _sources(data_cfg, model_dir)
+    global_batch = strategy_lib.global_batch_size(data_cfg.per_replica_batch_size, strategy)
+    common = dict(
+        short_side=mnc_cfg.short_side,
+        max_side=mnc_cfg.max_side,
+        max_instances=mnc_cfg.max_instances,
+        **data_cfg.loader_options,
+    )
+    train_kwargs = dict(
+        training=True,
+        flip=data_cfg.flip,
+        cache=data_cfg.cache,
+        repeat=True,
+        seed=config.train.seed,
+        **common,
+    )
+    fn = coco_dataset_fn(train_ann, train_dir, global_batch, **train_kwargs)
+    info = fn.info
+    if strategy.num_replicas_in_sync > 1 or strategy_lib.tf_config() is not None:
+        train = strategy.distribute_datasets_from_function(fn)
+    else:
+        train = fn(None)
+    val = val_info = None
+    if val_ann is not None:
+        image_ids = None
+        if data_cfg.max_val_images:
+            from mnc_tf.data import load_coco
+
+            coco = load_coco(val_ann)
+            image_ids = sorted(coco.getImgIds())[: data_cfg.max_val_images]
+        val = coco_dataset(
+            val_ann,
+            val_dir,
+            batch_size=global_batch,
+            training=False,
+            image_ids=image_ids,
+            **common,
+        )
+        val_info = val.info
+        if list(val_info.category_ids) != list(info.category_ids):
+            raise ValueError(
+                "the validation split's categories differ from the training split's: "
+                f"{val_info.category_ids} vs {info.category_ids}."
+            )
+    return DataSplits(train=train, info=info, val=val, val_info=val_info)
+
+
+# ---------------------------------------------------------------------------------- model
+def build_model(config: ExperimentConfig, info, learning_rate: float):
+    """``mnc_tf.MNC`` from the ``model`` section, classes from ``info``, the scaled lr.
+
+    Call inside ``strategy.scope()``.
+    """
+    from mnc_tf.modeling.mnc import MNC
+
+    model_section = dict(config.model)
+    num_classes = model_section.pop("num_classes", None)
+    backbone = model_section.pop("backbone", "vgg16")
+    num_stages = model_section.pop("num_stages", 5)
+    if num_classes is not None and num_classes != info.num_classes:
+        raise ValueError(
+            f"model.num_classes is {num_classes} but the training data has {info.num_classes} "
+            "classes; remove model.num_classes to take it from the data."
+        )
+    mnc_cfg = config.mnc_config().replace(learning_rate=learning_rate)
+    return MNC(
+        info.num_classes,
+        backbone=backbone,
+        num_stages=num_stages,
+        config=mnc_cfg,
+        class_names=list(info.class_names),
+        category_ids=list(info.category_ids),
+    )
+
+
+# ---------------------------------------------------------------------------------- callbacks
+def _evaluation_callback(config, splits, model_dir):
+    """The evaluation engineer's callback (COCO AP + VOC mAP^r into the epoch logs), or None."""
+    if splits.val is None or not config.train.eval_every_epochs:
+        return None
+    from mnc_tf.evaluation import COCOEvaluator, EvaluationCallback, VOCEvaluator
+
+    evaluators = [COCOEvaluator(splits.val_info), VOCEvaluator(splits.val_info)]
+    return EvaluationCallback(
+        splits.val,
+        evaluators,
+        every_n_epochs=config.train.eval_every_epochs,
+        log_dir=os.path.join(model_dir, "logs"),
+    )
+
+
+def _summary_images(splits, n):
+    """The first ``n`` held-out images (and their image_info) for TensorBoard drawings."""
+    import numpy as np
+
+    if not n or splits.val is None:
+        return None, None
+    images, infos = [], []
+    for features, _ in splits.val.unbatch().take(n):
+        images.append(features["images"].numpy())
+        infos.append(features["image_info"].numpy())
+    if not images:
+        return None, None
+    return np.stack(images), np.stack(infos)
+
+
+def _check_resume_config(model_dir, config):
+    """Write ``config.yaml`` on the first run; warn when a resumed run's config differs."""
+    path = os.path.join(model_dir, "config.yaml")
+    current = config.to_dict()
+    if os.path.isfile(path):
+        import yaml
+
+        with open(path) as f:
+            previous = yaml.safe_load(f) or {}
+        changed = []
+        for section in ("model", "data", "train"):
+            a, b = previous.get(section, {}) or {}, current.get(section, {})
+            for key in sorted(set(a) | set(b)):
+                if a.get(key) != b.get(key):
+                    changed.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+        if changed:
+            logger.warning(
+                "model_dir %s was started with a different config; resuming anyway with the "
+                "new one (%s)",
+                model_dir,
+                "; ".join(changed),
+            )
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "w") as f:
+        f.write(config.to_yaml())
+    os.replace(tmp, path)
+
+
+def _write_json(path, obj):
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------- train
+def train(
+    config: ExperimentConfig | str | dict,
+    model_dir: str,
+    *,
+    overrides=(),
+    strategy=None,
+):
+    """Train (or resume) the experiment ``config`` in ``model_dir``; see the module docstring.
+
+    Args:
+      config: an :class:`ExperimentConfig`, a YAML path or a nested dict.
+      model_dir: output directory (created). Reusing it resumes the run.
+      overrides: ``"section.key=value"`` strings applied on top of ``config``.
+      strategy: a ``tf.distribute.Strategy`` to use instead of ``config.train.strategy``.
+
+    Returns:
+      The ``keras.callbacks.History`` of this process's ``fit``, with ``history.run_info``
+      (the dict written to ``run_info.json``).
+
+    Raises:
+      ValueError: invalid config or data paths (message names the key).
+    """
+    if isinstance(config, str):
+        config = load_config(config, overrides)
+    elif isinstance(config, dict):
+        from mnc_tf.training.config import apply_overrides
+
+        config = ExperimentConfig.from_dict(apply_overrides(config, overrides))
+    elif overrides:
+        from mnc_tf.training.config import apply_overrides
+
+        config = ExperimentConfig.from_dict(apply_overrides(config.to_dict(), overrides))
+    if not isinstance(config, ExperimentConfig):
+        raise ValueError(f"config must be an ExperimentConfig, path or dict, got {config!r}.")
+    tcfg = config.train
+
+    # 1. The strategy first (multi-worker must precede every other TF op).
+    if strategy is None:
+        strategy = strategy_lib.select_strategy(tcfg.strategy)
+    import keras
+    import tensorflow as tf
+
+    from mnc_tf.training.checkpoints import (
+        BackupAndRestore,
+        BestModelCheckpoint,
+        atomic_save_model,
+        global_step,
+    )
+    from mnc_tf.training.summaries import TrainingSummaries
+
+    chief = strategy_lib.is_chief(strategy)
+    os.makedirs(model_dir, exist_ok=True)
+    if chief:
+        _check_resume_config(model_dir, config)
+    logger.info("strategy: %s", strategy_lib.describe(strategy))
+
+    # 2. Precision and seeds. The policy is global Keras state: restore it when done.
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(tcfg.mixed_precision)
+    keras.utils.set_random_seed(tcfg.seed)
+    try:
+        # 3. Data.
+        mnc_cfg = config.mnc_config()
+        splits = build_datasets(config, strategy, model_dir)
+        global_batch = strategy_lib.global_batch_size(config.data.per_replica_batch_size, strategy)
+        lr = mnc_cfg.learning_rate
+        if tcfg.scale_learning_rate:
+            lr = strategy_lib.scaled_learning_rate(lr, global_batch, tcfg.reference_batch_size)
+        logger.info(
+            "global batch %d = %d per replica x %d replicas; learning rate %.6g (base %.6g at "
+            "batch %d%s)",
+            global_batch,
+            config.data.per_replica_batch_size,
+            strategy.num_replicas_in_sync,
+            lr,
+            mnc_cfg.learning_rate,
+            tcfg.reference_batch_size,
+            ", linear scaling" if tcfg.scale_learning_rate else ", not scaled",
+        )
+        logger.info("training data: %d images, %s", splits.info.num_images, splits.info.report())
+
+        # 4. Model.
+        with strategy.scope():
+            model = build_model(config, splits.info, lr)
+            model.compile(jit_compile=False)
+            model.optimizer.build(model.trainable_variables)
+
+        # 5. Callbacks (order matters: BackupAndRestore first so its epoch bookkeeping runs
+        # before any callback that may stop training; evaluation before the consumers of its
+        # metrics).
+        total_steps = mnc_cfg.total_steps
+        spe = min(tcfg.steps_per_epoch, total_steps)
+        epochs = math.ceil(total_steps / spe)
+        backup = BackupAndRestore(
+            os.path.join(model_dir, "checkpoints"),
+            save_freq=tcfg.checkpoint_every,
+            delete_checkpoint=False,
+            max_to_keep=tcfg.keep_checkpoints,
+            steps_per_epoch=spe,
+            total_steps=total_steps,
+        )
+        callbacks = [backup]
+        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        evaluation = None
+        if multi_worker and tcfg.eval_every_epochs and splits.val is not None:
+            logger.info(
+                "multi-worker run: evaluation during training is off (run mnc-eval on "
+                "final.keras); best.keras follows the training loss"
+            )
+        else:
+            evaluation = _evaluation_callback(config, splits, model_dir)
+        if evaluation is not None:
+            callbacks.append(evaluation)
+            monitor, mode = tcfg.best_metric, tcfg.best_mode
+        else:
+            monitor, mode = "loss", "min"
+        callbacks.append(
+            BestModelCheckpoint(os.path.join(model_dir, "best.keras"), monitor=monitor, mode=mode)
+        )
+        images, infos = (None, None)
+        if chief:
+            images, infos = _summary_images(splits, tcfg.tensorboard_images)
+        callbacks.append(
+            TrainingSummaries(
+                os.path.join(model_dir, "logs"),
+                log_every=tcfg.log_every,
+                images=images,
+                image_info=infos,
+                class_names=splits.info.class_names,
+            )
+        )
+        callbacks.append(keras.callbacks.TerminateOnNaN())
+        verbose = tcfg.verbose if tcfg.verbose == "auto" else int(tcfg.verbose)
+        if not chief:
+            verbose = 0
+
+        # 6. Fit.
+        start = time.time()
+        history = model.fit(
+            splits.train,
+            epochs=epochs,
+            steps_per_epoch=spe,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+        elapsed = time.time() - start
+        step = global_step(model)
+        run_info = {
+            "strategy": strategy_lib.describe(strategy),
+            "replicas": strategy.num_replicas_in_sync,
+            "global_batch": global_batch,
+            "learning_rate": lr,
+            "base_learning_rate": mnc_cfg.learning_rate,
+            "total_steps": total_steps,
+            "restored_step": backup.restored_step,
+            "final_step": step,
+            "steps_run": backup.steps_run,
+            "fit_seconds": elapsed,
+            "images_per_second": backup.steps_run * global_batch / elapsed if elapsed else None,
+            "mixed_precision": tcfg.mixed_precision,
+        }
+        history.run_info = run_info
+        if chief:
+            atomic_save_model(model, os.path.join(model_dir, "final.keras"))
+            if tcfg.export_saved_model:
+                _export(model, os.path.join(model_dir, "export"))
+            _write_json(os.path.join(model_dir, "history.json"), history.history)
+            _write_json(os.path.join(model_dir, "run_info.json"), run_info)
+        logger.info(
+            "trained to step %d (%d steps in this process, %.1f s, %.2f images/s)",
+            step,
+            backup.steps_run,
+            elapsed,
+            run_info["images_per_second"] or 0.0,
+        )
+        return history
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _export(model, export_dir):
+    """SavedModel for TF Serving at ``export_dir/1`` (replacing an older export of this run)."""
+    try:
+        from mnc_tf.export.serving import export_serving
+    except ImportError as e:  # pragma: no cover - the export module is part of the package
+        logger.warning("SavedModel export unavailable (%s); skipped", e)
+        return None
+    path = export_serving(model, export_dir, version=1, overwrite=True)
+    logger.info("exported SavedModel to %s", path)
+    return path
