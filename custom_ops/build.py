@@ -47,7 +47,14 @@ def _run(cmd: list[str], verbose: bool) -> None:
 
 
 def _cuda_home(nvcc: str) -> str:
-    return os.environ.get("CUDA_HOME") or os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    """$CUDA_HOME, else the toolkit holding nvcc (a wrapper script may sit elsewhere)."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append("/usr/local/cuda")
+    for home in filter(None, candidates):
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            return home
+    return next(filter(None, candidates))
 
 
 def _cuda_archs(tf, nvcc: str) -> list[str]:

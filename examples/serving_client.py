@@ -245,8 +245,13 @@ def main(argv=None):
     for path in args.images:
         with open(path, "rb") as f:
             encoded = f.read()
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
-        payload = image[None] if args.signature == "serving_image_tensor" else [encoded]
+        decode = lambda data=encoded: tf.io.decode_image(
+            data, channels=3, expand_animations=False
+        ).numpy()
+        # Encoded signatures: the server decodes (and validates) the bytes; decode here only
+        # for the picture, after the answer.
+        image = decode() if args.signature == "serving_image_tensor" else None
+        payload = image[None] if image is not None else [encoded]
         if args.rest:
             body = build_rest_request(payload, args.signature)
             url = rest_url(args.rest, args.model_name, args.version)
@@ -254,6 +259,7 @@ def main(argv=None):
         else:
             request = build_grpc_request(payload, args.signature, args.model_name, args.version)
             outputs = parse_grpc_response(send_grpc(args.grpc, request, args.timeout))
+        image = decode() if image is None else image
         picture, detections = render(image, outputs, 0, labels, args.threshold, args.mask_threshold)
         out_path = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0] + ".png")
         visualize.save_visualization(out_path, picture)

@@ -376,6 +376,14 @@ class CocoSource:
     def _load(self, index):
         """numpy_function body: record index → image, boxes, labels, masks, id, ok."""
         rec = self.records[int(index)]
+        try:
+            return self._load_record(rec)
+        except Exception as e:  # noqa: BLE001  (one bad record must not end the epoch)
+            logger.debug("load error in %s", rec.path, exc_info=True)
+            self.info.count("skipped", "load_error", key=rec.image_id, detail=f"{rec.path}: {e!r}")
+            return _failed(rec.image_id)
+
+    def _load_record(self, rec):
         image, _ = self._decode(rec)
         if image is None:
             return _failed(rec.image_id)
@@ -393,7 +401,7 @@ class CocoSource:
             )
         rles = [segmentation_to_rle(rec.segmentations[i], rec.height, rec.width) for i in keep]
         masks = decode_rles(rles, rec.height, rec.width)
-        nonempty = masks.reshape(len(keep), -1).any(axis=1)
+        nonempty = masks.any(axis=(1, 2))
         for i in keep[~nonempty]:
             self.info.count("skipped", "empty_mask", key=(rec.image_id, int(i)), detail=rec.path)
         keep, masks = keep[nonempty], masks[nonempty]

@@ -42,6 +42,8 @@ SKIP_REASONS = {
     "box_outside_image": "bbox lies entirely outside the image (annotation skipped)",
     "empty_mask": "segmentation covers no pixel (annotation skipped)",
     "crowd": "iscrowd=1 region: not a target, ignored by the COCO evaluator (annotation)",
+    "load_error": "any other error while reading the record, e.g. a malformed RLE string "
+    "(image skipped, error logged)",
     "over_max_instances": "instance beyond max_instances; the smallest are dropped",
 }
 

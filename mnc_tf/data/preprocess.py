@@ -137,6 +137,7 @@ def flip_left_right(image, boxes, masks):
 
 def random_flip(image, boxes, masks, seed, probability=0.5):
     """:func:`flip_left_right` with ``probability``; ``seed`` is a stateless ``[2]`` seed."""
+    image, boxes, masks = (tf.convert_to_tensor(t) for t in (image, boxes, masks))
     coin = tf.random.stateless_uniform([], seed=seed) < probability
     return tf.cond(
         coin,

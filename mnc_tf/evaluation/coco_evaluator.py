@@ -15,6 +15,7 @@ from pycocotools.cocoeval import COCOeval
 
 from mnc_tf.data.coco import clean_segmentation, load_coco, segmentation_to_rle
 from mnc_tf.evaluation.detections import normalize_detections
+from mnc_tf.export.coco import coco_results
 
 logger = logging.getLogger("mnc_tf.evaluation")
 
@@ -108,21 +109,10 @@ class COCOEvaluator:
                 f"got max {classes.max()}"
             )
         self._image_ids.add(image_id)
-        rles = []
-        if det["masks"] is not None and len(det["masks"]):
-            rles = mask_utils.encode(np.asfortranarray(det["masks"].transpose(1, 2, 0)))
-        for k in range(len(classes)):
-            y1, x1, y2, x2 = (float(v) for v in det["boxes"][k])
-            result = {
-                "image_id": image_id,
-                "category_id": self.category_ids[int(classes[k]) - 1],
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "score": float(det["scores"][k]),
-            }
-            if det["masks"] is not None:
-                rle = rles[k]
-                result["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
-            self._results.append(result)
+        category_ids = np.asarray(self.category_ids)[classes - 1] if len(classes) else classes
+        self._results.extend(
+            coco_results(image_id, det["boxes"], det["scores"], category_ids, det["masks"])
+        )
 
     add_image = update
 

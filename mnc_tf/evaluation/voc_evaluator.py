@@ -6,9 +6,9 @@ with the highest **mask** IoU. It is a true positive when that IoU ≥ the thres
 instance was not taken by a higher-scoring detection; otherwise a false positive (so a
 duplicate is a false positive even if a second, unmatched instance overlaps it less — the
 VOC devkit rule). A detection that reaches the threshold with an instance marked ``ignore``
-(crowd / difficult) counts as neither. AP per class is the VOC07 11-point interpolated AP (``mAP_r``) and the
-area under the monotone precision envelope (``mAP_r_auc``, VOC2010+); the mean runs over the
-classes with at least one non-ignored ground-truth instance.
+(crowd / difficult) counts as neither. AP per class is the VOC07 11-point interpolated AP
+(``mAP_r``) and the area under the monotone precision envelope (``mAP_r_auc``, VOC2010+);
+the mean runs over the classes with at least one non-ignored ground-truth instance.
 
 The best match and its IoU do not depend on the threshold, so :meth:`VOCEvaluator.update`
 stores one ``(score, IoU, instance)`` triple per detection and every threshold is evaluated
@@ -118,8 +118,7 @@ class VOCEvaluator:
             category_ids = sorted(int(c) for c in self.ground_truth.cats)
         if len(category_ids) != self.num_classes:
             raise ValueError(
-                f"category_ids has {len(category_ids)} entries but num_classes="
-                f"{self.num_classes}"
+                f"category_ids has {len(category_ids)} entries but num_classes={self.num_classes}"
             )
         self.category_ids = [int(c) for c in category_ids]
 
@@ -152,8 +151,10 @@ class VOCEvaluator:
             if gt_ignore is None
             else np.asarray(gt_ignore, bool).reshape(-1)
         )
-        if gt_masks.ndim != 3 or len(gt_masks) != len(gt_labels) or len(gt_ignore) != len(
-            gt_labels
+        if (
+            gt_masks.ndim != 3
+            or len(gt_masks) != len(gt_labels)
+            or len(gt_ignore) != len(gt_labels)
         ):
             raise ValueError(
                 f"gt_masks must be [G, H, W] with G = len(gt_labels) = len(gt_ignore); got "

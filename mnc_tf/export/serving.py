@@ -20,7 +20,8 @@ Layout (the one TF Serving watches; the highest integer sub-directory is served)
 Signatures (inputs → the same outputs for all three):
 
 =========================  =====================================================================
-``serving_default``        ``images``: string ``[B]`` encoded JPEG / PNG / GIF / BMP bytes;
+``serving_default``        ``images``: string ``[B]`` encoded JPEG / PNG / GIF / BMP / WebP
+                           / JPEG XL bytes (whatever ``tf.io.decode_image`` reads);
                            grayscale and RGBA are converted to RGB, GIFs use the first frame.
 ``serving_image_tensor``   ``images``: uint8 ``[B, H, W, 3]`` RGB.
 ``serving_tf_example``     ``examples``: string ``[B]`` serialized ``tf.train.Example`` with the
@@ -78,11 +79,16 @@ LABELS_FILENAME = "labels.txt"
 INFO_FILENAME = "export_info.json"
 TF_EXAMPLE_IMAGE_KEY = "image/encoded"
 
-# Leading bytes of the formats tf.io.decode_image understands; checked up front so that junk
-# input fails with a message naming the input instead of a decoder-internal error.
+# Leading bytes of the formats tf.io.decode_image understands (TF 2.21: JPEG, PNG, GIF, BMP,
+# WebP, JPEG XL); checked up front so that junk input fails with a message naming the input
+# instead of a decoder-internal error.
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _GIF_MAGIC = b"GIF8"
 _BMP_MAGIC = b"BM"
+_RIFF_MAGIC, _WEBP_MAGIC = b"RIFF", b"WEBP"  # bytes 0–3 and 8–11
+_JXL_CODESTREAM_MAGIC = b"\xff\x0a"
+_JXL_CONTAINER_MAGIC = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
+_FORMATS = "JPEG, PNG, GIF, BMP, WebP or JPEG XL"
 
 
 def label_map(model):
@@ -178,14 +184,22 @@ def build_serving_functions(model):
 
     def decode_one(encoded, index, name):
         """Encoded bytes → resized float32 [h, w, 3] (ragged) and image_info [4, 2]."""
-        header = tf.strings.substr(encoded, 0, 8)
+        # Padded: substr fails on positions past the end of a short string.
+        header = tf.strings.substr(tf.strings.join([encoded, b"\x00" * 12]), 0, 12)
+        starts_with = lambda magic: tf.equal(tf.strings.substr(header, 0, len(magic)), magic)
         is_image = tf.reduce_any(
             tf.stack(
                 [
                     tf.io.is_jpeg(encoded),
-                    tf.equal(header, _PNG_MAGIC),
-                    tf.equal(tf.strings.substr(header, 0, 4), _GIF_MAGIC),
-                    tf.equal(tf.strings.substr(header, 0, 2), _BMP_MAGIC),
+                    starts_with(_PNG_MAGIC),
+                    starts_with(_GIF_MAGIC),
+                    starts_with(_BMP_MAGIC),
+                    tf.logical_and(
+                        starts_with(_RIFF_MAGIC),
+                        tf.equal(tf.strings.substr(header, 8, 4), _WEBP_MAGIC),
+                    ),
+                    starts_with(_JXL_CODESTREAM_MAGIC),
+                    starts_with(_JXL_CONTAINER_MAGIC),
                 ]
             )
         )
@@ -204,7 +218,7 @@ def build_serving_functions(model):
                 [
                     f"{name}: element",
                     index,
-                    "is not an encoded JPEG, PNG, GIF or BMP image; first bytes:",
+                    f"is not an encoded {_FORMATS} image; first bytes:",
                     header,
                 ],
                 summarize=8,

@@ -105,41 +105,50 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self.steps_run = 0  # optimizer steps taken in this process
         self._manager = None
         self._checkpoint = None
+        self._chief = True
         self._last_saved_step = None
         self._epoch_end_step = None  # stop the first (partial) epoch here after a resume
         self._stopped_partial_epoch = False
 
     # ------------------------------------------------------------------ storage
-    def _ensure_manager(self):
-        if self._manager is not None:
-            return
-        strategy = self.model.distribute_strategy
-        self._chief = strategy_lib.is_chief(strategy)
-        directory = self.backup_dir
-        if not self._chief:
-            directory = os.path.join(
-                self.backup_dir,
-                ".scratch",
-                f"{strategy_lib.worker_id(strategy)}-{uuid.uuid4().hex}",
-            )
-        os.makedirs(directory, exist_ok=True)
-        self._checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
-        self._manager = tf.train.CheckpointManager(
-            self._checkpoint, directory, max_to_keep=self.max_to_keep, checkpoint_name="ckpt"
-        )
+    def _ensure_checkpoint(self):
+        if self._checkpoint is None:
+            self._checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
+            self._chief = strategy_lib.is_chief(self.model.distribute_strategy)
+        return self._checkpoint
 
     def _save_model(self):
-        self._ensure_manager()
+        checkpoint = self._ensure_checkpoint()
         step = global_step(self.model)
         if step == self._last_saved_step:
             return
-        path = self._manager.save(checkpoint_number=step)
-        self._last_saved_step = step
         if self._chief:
+            if self._manager is None:
+                os.makedirs(self.backup_dir, exist_ok=True)
+                self._manager = tf.train.CheckpointManager(
+                    checkpoint,
+                    self.backup_dir,
+                    max_to_keep=self.max_to_keep,
+                    checkpoint_name="ckpt",
+                )
+            path = self._manager.save(checkpoint_number=step)
             logger.info("saved checkpoint %s", path)
         else:
-            shutil.rmtree(self._manager.directory, ignore_errors=True)
-            self._manager = None  # a fresh scratch directory next time
+            # Every worker must take part in a save (TF's multi-worker rule), but only the
+            # chief's copy is kept.
+            scratch_root = os.path.join(self.backup_dir, ".scratch")
+            worker = strategy_lib.worker_id(self.model.distribute_strategy)
+            scratch = os.path.join(scratch_root, f"{worker}-{uuid.uuid4().hex}")
+            os.makedirs(scratch, exist_ok=True)
+            try:
+                tf.train.CheckpointManager(checkpoint, scratch, max_to_keep=1).save(step)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+                try:
+                    os.rmdir(scratch_root)
+                except OSError:
+                    pass  # another worker's scratch is in use
+        self._last_saved_step = step
 
     def _candidates(self):
         """Checkpoint prefixes in ``backup_dir``, newest first (state file, then a scan)."""
@@ -177,10 +186,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             # Slot variables must exist so that they are restored now, not lazily.
             with self.model.distribute_strategy.scope():
                 self.model.optimizer.build(self.model.trainable_variables)
-        self._ensure_manager()
+        checkpoint = self._ensure_checkpoint()
         for path in self._candidates():
             try:
-                self._checkpoint.restore(path).assert_existing_objects_matched()
+                checkpoint.restore(path).assert_existing_objects_matched()
             except _UNREADABLE as e:
                 logger.warning("checkpoint %s is unreadable (%s); trying an older one", path, e)
                 continue

@@ -98,7 +98,6 @@ class DataConfig:
     shapes: ShapesConfig = dataclasses.field(default_factory=ShapesConfig)
     per_replica_batch_size: int = 1
     flip: bool = True
-    shuffle_buffer: int = 1000
     cache: bool = False
     max_val_images: int | None = None
     loader_options: dict = dataclasses.field(default_factory=dict)
@@ -184,6 +183,10 @@ class ExperimentConfig:
         for key in d:
             if key not in ("model", "data", "train"):
                 raise closest_key_error(key, ("model", "data", "train"))
+        if not isinstance(d.get("model") or {}, Mapping):
+            raise ValueError(
+                f"Config section 'model' must be a mapping, got {type(d['model']).__name__}."
+            )
         model = dict(d.get("model") or {})
         validate_model_section(model)
         cfg = cls(

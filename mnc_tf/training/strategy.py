@@ -125,6 +125,39 @@ def select_strategy(name: str = "auto") -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+def patch_model_for_multi_worker(model):
+    """Make ``model.fit`` work under ``MultiWorkerMirroredStrategy`` with Keras 3 (≤ 3.15).
+
+    Keras 3's TF trainer has two multi-worker bugs (keras-team/keras issues 20329, 20585,
+    open): (1) before training it all-reduces one input batch with ``strategy.reduce("MEAN",
+    batch)`` to build the model symbolically, which rejects a dict of per-replica tensors
+    ("Attempt to convert a value ({'images': PerReplica ...}) to a Tensor"); (2) it reduces the
+    train step's logs with ``strategy.reduce("MEAN", v, axis=0)``, which fails for the scalar
+    logs every model returns ("Invalid reduction dimension 0 for input with 0 dimensions").
+
+    For this model instance only: (1) the symbolic build is skipped — it has nothing to do
+    when the model and its optimizer are already built; (2) ``train_step``'s logs are returned
+    as ``[1]`` tensors, which the reduction averages over replicas back into scalars.
+
+    Raises:
+      RuntimeError: the model or its optimizer is not built yet.
+    """
+    if not (model.built and model.optimizer is not None and model.optimizer.built):
+        raise RuntimeError(
+            "build the model and its optimizer (model.optimizer.build(model.trainable_variables)) "
+            "before patch_model_for_multi_worker"
+        )
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    train_step = model.train_step
+
+    def train_step_rank1_logs(data):
+        logs = train_step(data)
+        return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+
+    model.train_step = train_step_rank1_logs
+    return model
+
+
 def describe(strategy: tf.distribute.Strategy) -> str:
     """One line: strategy class, replicas, devices or worker role."""
     kind = type(strategy).__name__
@@ -138,7 +171,10 @@ def describe(strategy: tf.distribute.Strategy) -> str:
             f"{kind}: {n} replicas on {workers} workers; this is "
             f"{resolver.task_type} {resolver.task_id}{' (chief)' if is_chief(strategy) else ''}"
         )
-    devices = getattr(strategy.extended, "worker_devices", None) or ()
+    try:
+        devices = tuple(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy has no device list
+        devices = ()
     return f"{kind}: {n} replica(s) on {', '.join(devices) or 'the default device'}"
 
 

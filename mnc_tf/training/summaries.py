@@ -12,6 +12,11 @@ under ``log_dir``:
   class names, scores), at each epoch end.
 
 Only the chief writes (in multi-worker training the other workers' callbacks are no-ops).
+
+TensorFlow 2.21 no longer depends on the ``tensorboard`` package, whose ``tf.summary.scalar`` /
+``image`` implementations it forwards to. Training must not need it, so the summaries are
+written with TensorFlow's core ``tf.summary.write`` and the plugin metadata TensorBoard's
+scalar and image dashboards read (``pip install tensorboard`` only to *view* the logs).
 """
 
 from __future__ import annotations
@@ -23,11 +28,39 @@ import numbers
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 from mnc_tf.training import strategy as strategy_lib
 from mnc_tf.training.checkpoints import global_step
 
 logger = logging.getLogger("mnc_tf.training")
+
+
+# Plugin metadata as tensorboard.summary.{scalar,image} write it (cf. mnc_tf.evaluation.callback).
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+    data_class=summary_pb2.DATA_CLASS_SCALAR,
+).SerializeToString()
+_IMAGE_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="images"),
+    data_class=summary_pb2.DATA_CLASS_BLOB_SEQUENCE,
+).SerializeToString()
+
+
+def write_scalar(tag, value, step):
+    """A TensorBoard scalar at ``step`` into the default writer (core ops only)."""
+    value = tf.constant(float(value), tf.float32)
+    return tf.summary.write(tag, value, step=step, metadata=_SCALAR_METADATA)
+
+
+def write_images(tag, images, step):
+    """TensorBoard images from uint8 ``[n, H, W, 3]`` (``tf.summary.image``'s encoding:
+    ``[width, height, png_0, ..., png_n-1]`` strings)."""
+    images = np.asarray(images, np.uint8)
+    encoded = [tf.io.encode_png(im) for im in images]
+    h, w = images.shape[1:3]
+    tensor = tf.stack([tf.constant(str(w)), tf.constant(str(h)), *encoded])
+    return tf.summary.write(tag, tensor, step=step, metadata=_IMAGE_METADATA)
 
 
 def current_learning_rate(optimizer) -> float:
@@ -94,8 +127,8 @@ class TrainingSummaries(keras.callbacks.Callback):
             return
         with self._writer.as_default(step=step):
             for key, value in _scalars(logs):
-                tf.summary.scalar(f"train/{key}", value)
-            tf.summary.scalar("train/learning_rate", current_learning_rate(self.model.optimizer))
+                write_scalar(f"train/{key}", value, step)
+            write_scalar("train/learning_rate", current_learning_rate(self.model.optimizer), step)
 
     def on_epoch_end(self, epoch, logs=None):
         if self._writer is None:
@@ -103,13 +136,11 @@ class TrainingSummaries(keras.callbacks.Callback):
         step = global_step(self.model)
         with self._writer.as_default(step=step):
             for key, value in _scalars(logs):
-                tf.summary.scalar(f"epoch/{key}", value)
-            tf.summary.scalar("epoch/learning_rate", current_learning_rate(self.model.optimizer))
+                write_scalar(f"epoch/{key}", value, step)
+            write_scalar("epoch/learning_rate", current_learning_rate(self.model.optimizer), step)
             if self.images is not None and len(self.images):
                 try:
-                    tf.summary.image(
-                        "predictions", self.render(), max_outputs=len(self.images), step=step
-                    )
+                    write_images("predictions", self.render(), step)
                 except Exception as e:  # noqa: BLE001 - a drawing failure must not stop training
                     logger.warning("could not draw predictions for TensorBoard: %s", e)
         self._writer.flush()

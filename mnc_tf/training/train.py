@@ -63,6 +63,7 @@ class DataSplits:
     info: object
     val: object = None
     val_info: object = None
+    val_annotations: object = None
 
 
 # ---------------------------------------------------------------------------------- data
@@ -225,7 +226,7 @@ def build_datasets(config: ExperimentConfig, strategy, model_dir: str) -> DataSp
                 "the validation split's categories differ from the training split's: "
                 f"{val_info.category_ids} vs {info.category_ids}."
             )
-    return DataSplits(train=train, info=info, val=val, val_info=val_info)
+    return DataSplits(train=train, info=info, val=val, val_info=val_info, val_annotations=val_ann)
 
 
 # ---------------------------------------------------------------------------------- model
@@ -257,18 +258,21 @@ def build_model(config: ExperimentConfig, info, learning_rate: float):
 
 
 # ---------------------------------------------------------------------------------- callbacks
-def _evaluation_callback(config, splits, model_dir):
-    """The evaluation engineer's callback (COCO AP + VOC mAP^r into the epoch logs), or None."""
+def _evaluation_callback(config, splits, val_annotations):
+    """COCO box/mask AP and VOC mAP^r on the held-out split into the epoch logs, or None."""
     if splits.val is None or not config.train.eval_every_epochs:
         return None
     from mnc_tf.evaluation import COCOEvaluator, EvaluationCallback, VOCEvaluator
 
-    evaluators = [COCOEvaluator(splits.val_info), VOCEvaluator(splits.val_info)]
+    info = splits.val_info
+    ground_truth = info.coco if info.coco is not None else val_annotations
+    evaluators = [
+        COCOEvaluator(ground_truth, category_ids=info.category_ids),
+        VOCEvaluator(info.num_classes),
+    ]
+    # No log_dir: TrainingSummaries writes these metrics at the global step with the rest.
     return EvaluationCallback(
-        splits.val,
-        evaluators,
-        every_n_epochs=config.train.eval_every_epochs,
-        log_dir=os.path.join(model_dir, "logs"),
+        splits.val, evaluators, every_n_epochs=config.train.eval_every_epochs, info=info
     )
 
 
@@ -434,7 +438,7 @@ def train(
                 "final.keras); best.keras follows the training loss"
             )
         else:
-            evaluation = _evaluation_callback(config, splits, model_dir)
+            evaluation = _evaluation_callback(config, splits, splits.val_annotations)
         if evaluation is not None:
             callbacks.append(evaluation)
             monitor, mode = tcfg.best_metric, tcfg.best_mode
@@ -459,6 +463,9 @@ def train(
         verbose = tcfg.verbose if tcfg.verbose == "auto" else int(tcfg.verbose)
         if not chief:
             verbose = 0
+
+        if multi_worker:
+            strategy_lib.patch_model_for_multi_worker(model)
 
         # 6. Fit.
         start = time.time()

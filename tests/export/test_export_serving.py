@@ -48,9 +48,7 @@ def _reference(model, image):
         "scores": pred["scores"][0, :n],
         "classes": np.array(CATEGORY_IDS)[pred["classes"][0, :n] - 1],
         "masks": pred["masks"][0, :n],
-        "image_info": np.array(
-            [image.shape[:2], (new_h, new_w), (sy, sx), (0, 0)], np.float32
-        ),
+        "image_info": np.array([image.shape[:2], (new_h, new_w), (sy, sx), (0, 0)], np.float32),
     }
 
 
@@ -261,31 +259,30 @@ def test_saved_model_cli_lists_the_three_signatures(export_base):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # "signature_def['name']:" blocks, each with "inputs['x'] tensor_info: dtype: ... shape:".
+    # "signature_def['name']:" blocks of "inputs/outputs['key'] tensor_info: dtype: … shape: …".
     blocks = re.split(r"signature_def\['([^']+)'\]:", proc.stdout)
     sigs = dict(zip(blocks[1::2], blocks[2::2], strict=True))
     assert set(SIGNATURES) <= set(sigs)
-    expected_inputs = {
-        "serving_default": ("images", "DT_STRING", "(-1)"),
-        "serving_image_tensor": ("images", "DT_UINT8", "(-1, -1, -1, 3)"),
-        "serving_tf_example": ("examples", "DT_STRING", "(-1)"),
+    k, m = 20, 28  # max_detections and mask_size of the tiny model
+    expected_outputs = {
+        ("outputs", "detection_boxes"): ("DT_FLOAT", f"(-1, {k}, 4)"),
+        ("outputs", "detection_scores"): ("DT_FLOAT", f"(-1, {k})"),
+        ("outputs", "detection_classes"): ("DT_INT32", f"(-1, {k})"),
+        ("outputs", "detection_masks"): ("DT_FLOAT", f"(-1, {k}, {m}, {m})"),
+        ("outputs", "num_detections"): ("DT_INT32", "(-1)"),
+        ("outputs", "image_info"): ("DT_FLOAT", "(-1, 4, 2)"),
     }
-    for name, (key, dtype, shape) in expected_inputs.items():
-        text = sigs[name]
-        inputs, outputs = text.split("outputs:", 1)
-        found = re.findall(r"inputs\['(\w+)'\] tensor_info:\s+dtype: (\w+)\s+shape: (\([^)]*\))", inputs)
-        assert found == [(key, dtype, shape)], text
-        out = dict(
-            (k, d) for k, d in re.findall(r"outputs\['(\w+)'\] tensor_info:\s+dtype: (\w+)", outputs)
-        )
-        assert out == {
-            "detection_boxes": "DT_FLOAT",
-            "detection_scores": "DT_FLOAT",
-            "detection_classes": "DT_INT32",
-            "detection_masks": "DT_FLOAT",
-            "num_detections": "DT_INT32",
-            "image_info": "DT_FLOAT",
-        }
+    expected_inputs = {
+        "serving_default": {("inputs", "images"): ("DT_STRING", "(-1)")},
+        "serving_image_tensor": {("inputs", "images"): ("DT_UINT8", "(-1, -1, -1, 3)")},
+        "serving_tf_example": {("inputs", "examples"): ("DT_STRING", "(-1)")},
+    }
+    pattern = r"(inputs|outputs)\['(\w+)'\] tensor_info:\s+dtype: (\w+)\s+shape: ([^\n]+)"
+    for name, inputs in expected_inputs.items():
+        found = {(io, key): (dtype, shape.strip()) for io, key, dtype, shape in
+                 re.findall(pattern, sigs[name])}  # fmt: skip
+        assert found == {**inputs, **expected_outputs}, sigs[name]
+        assert "Method name is: tensorflow/serving/predict" in sigs[name]
 
 
 # --------------------------------------------------------------------------- coordinates
@@ -320,12 +317,16 @@ def test_mixed_size_batch_is_padded(tiny_model, loaded_export):
     assert np.all(out["detection_boxes"][1, :n, [1, 3]] <= 100 + 1e-3)
 
 
-def test_grayscale_and_rgba_pngs_are_converted(loaded_export):
+def test_grayscale_rgba_and_webp_are_converted(loaded_export):
     gray = scene(48, 80, seed=5)[..., 0]
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     rgba_src = scene(48, 80, seed=6)
     rgba = np.concatenate([rgba_src, np.full((48, 80, 1), 77, np.uint8)], axis=-1)
-    for encoded, pixels in ((_png(gray, "L"), rgb), (_png(rgba, "RGBA"), rgba_src)):
+    webp_src = scene(48, 80, seed=7)
+    buffer = io.BytesIO()
+    Image.fromarray(webp_src).save(buffer, format="WEBP", lossless=True)
+    cases = [(_png(gray, "L"), rgb), (_png(rgba, "RGBA"), rgba_src), (buffer.getvalue(), webp_src)]
+    for encoded, pixels in cases:
         out = _run(loaded_export, "serving_default", tf.constant([encoded]))
         ref = _run(loaded_export, "serving_image_tensor", pixels[None])
         for key in OUTPUTS:
@@ -338,8 +339,13 @@ def test_grayscale_and_rgba_pngs_are_converted(loaded_export):
 @pytest.mark.parametrize(
     "signature, value, pattern",
     [
-        ("serving_default", [b"definitely not an image"], r"images.*element\] \[0\].*not an encoded"),
+        (
+            "serving_default",
+            [b"definitely not an image"],
+            r"images.*element\] \[0\].*not an encoded",
+        ),
         ("serving_default", [b""], r"images.*element\] \[0\] \[is an empty string"),
+        ("serving_default", [b"ab"], r"images.*element\] \[0\].*not an encoded"),
         ("serving_default", [], r"images.*empty batch"),
         ("serving_default", [b"\xff\xd8\xff\xe0 truncated jpeg"], r"JPEG|jpeg"),
         ("serving_image_tensor", np.zeros((1, 0, 5, 3), np.uint8), r"images.*zero-size"),
@@ -350,6 +356,7 @@ def test_grayscale_and_rgba_pngs_are_converted(loaded_export):
     ids=[
         "not-an-image",
         "empty-string",
+        "two-bytes",
         "empty-batch",
         "truncated-jpeg",
         "zero-size",

@@ -65,7 +65,9 @@ def test_signature_input_names_match_the_export(client, loaded_export):
         assert list(loaded_export.signatures[name].structured_input_signature[1]) == [input_name]
 
 
-@pytest.mark.parametrize("signature", ["serving_default", "serving_tf_example", "serving_image_tensor"])
+@pytest.mark.parametrize(
+    "signature", ["serving_default", "serving_tf_example", "serving_image_tensor"]
+)
 def test_rest_request_and_response_round_trip(client, loaded_export, picture, signature):
     image, encoded = picture
     payload = image[None] if signature == "serving_image_tensor" else [encoded, encoded]
@@ -82,7 +84,9 @@ def test_rest_request_and_response_round_trip(client, loaded_export, picture, si
         assert body["instances"] == [{"b64": base64.b64encode(encoded).decode()}] * 2
 
 
-@pytest.mark.parametrize("signature", ["serving_default", "serving_tf_example", "serving_image_tensor"])
+@pytest.mark.parametrize(
+    "signature", ["serving_default", "serving_tf_example", "serving_image_tensor"]
+)
 def test_grpc_request_and_response_round_trip(client, loaded_export, picture, signature):
     from tensorflow_serving.apis import predict_pb2
 
@@ -133,9 +137,7 @@ def test_parse_rest_response_formats_and_errors(client):
     with pytest.raises(ValueError, match="signature_name"):
         client.build_rest_request([b"x"], "serving_nope")
     assert client.rest_url("localhost:8501") == "http://localhost:8501/v1/models/mnc:predict"
-    assert (
-        client.rest_url("http://h:1/", "m", 4) == "http://h:1/v1/models/m/versions/4:predict"
-    )
+    assert client.rest_url("http://h:1/", "m", 4) == "http://h:1/v1/models/m/versions/4:predict"
 
 
 # ---- the client's main() against small local stand-ins for the REST and gRPC servers ----

@@ -1,0 +1,171 @@
+"""Latency of the exported SavedModel vs the in-process model, same image, same run.
+
+    python benchmarks/bench_export.py                    # tiny backbone, 128-px config
+    python benchmarks/bench_export.py --backbone vgg16    # paper config (600 / 1000), slow on CPU
+
+Prints one JSON object:
+
+* ``latency_ms``: medians over ``--iters`` runs (after ``--warmup``) of
+  - ``predict``: ``model.predict`` on the preprocessed (resized) image — the baseline the
+    issue names; it includes Keras' per-call data-adapter overhead;
+  - ``model_function``: the model's forward pass as one ``tf.function``, RoI warping as the
+    model uses it by default (the custom op when its library loads);
+  - ``model_function_reference``: the same with the stock-op RoI warping the export uses;
+  - ``serving_image_tensor``: the export's uint8 signature, loaded with
+    ``tf.saved_model.load`` — *includes* the resize and the box mapping;
+  - ``serving_default``: the export's encoded-bytes signature (adds JPEG decoding).
+* ``overhead_pct``: ``serving_image_tensor`` relative to each baseline (target ≤ 10 %
+  against ``predict``).
+* ``export_time_s``, ``saved_model_mb``.
+
+Both sides run on the same machine in the same process; untrained weights (latency does not
+depend on them beyond the fixed number of proposals / detections).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def _median_ms(fn, iters, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times), times
+
+
+def _dir_mb(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total / 2**20
+
+
+def _block(outputs):
+    # Materialise every output so lazy execution can't hide work.
+    for value in tf.nest.flatten(outputs):
+        np.asarray(value)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="tiny", choices=["tiny", "vgg16"])
+    parser.add_argument("--height", type=int, default=None, help="original image height")
+    parser.add_argument("--width", type=int, default=None, help="original image width")
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--num-classes", type=int, default=20)
+    args = parser.parse_args(argv)
+
+    import keras
+
+    from mnc_tf import ops
+    from mnc_tf.config import MNCConfig
+    from mnc_tf.data.preprocess import resize_image
+    from mnc_tf.export import export_serving
+    from mnc_tf.modeling.mnc import MNC
+
+    keras.utils.set_random_seed(0)
+    if args.backbone == "tiny":
+        config = MNCConfig.tiny_shapes()
+        height, width = args.height or 96, args.width or 160
+    else:
+        config = MNCConfig()
+        height, width = args.height or 480, args.width or 640
+    model = MNC(num_classes=args.num_classes, backbone=args.backbone, config=config)
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    resized, info = resize_image(image, config.short_side, config.max_side)
+    features = {"images": resized[None], "image_info": info[None]}
+    features_np = {k: v.numpy() for k, v in features.items()}
+
+    def model_function():
+        return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    default_fn = model_function()
+    default_fn(features)
+    reference_fn = model_function()
+    with ops.roi_warp_implementation("reference"):
+        reference_fn(features)  # traced here, reused below (same input shapes)
+
+    results = {}
+    results["predict"], _ = _median_ms(
+        lambda: _block(model.predict(features_np, verbose=0)), args.iters, args.warmup
+    )
+    results["model_function"], _ = _median_ms(
+        lambda: _block(default_fn(features)), args.iters, args.warmup
+    )
+    results["model_function_reference"], _ = _median_ms(
+        lambda: _block(reference_fn(features)), args.iters, args.warmup
+    )
+
+    workdir = tempfile.mkdtemp(prefix="bench_export_")
+    try:
+        start = time.perf_counter()
+        version_dir = export_serving(model, workdir, version=1)
+        export_time = time.perf_counter() - start
+        size_mb = _dir_mb(version_dir)
+        loaded = tf.saved_model.load(version_dir)
+        image_fn = loaded.signatures["serving_image_tensor"]
+        bytes_fn = loaded.signatures["serving_default"]
+        pixels = tf.constant(image[None])
+        encoded = tf.io.encode_jpeg(image, quality=95)[None]
+        results["serving_image_tensor"], _ = _median_ms(
+            lambda: _block(image_fn(images=pixels)), args.iters, args.warmup
+        )
+        results["serving_default"], _ = _median_ms(
+            lambda: _block(bytes_fn(images=encoded)), args.iters, args.warmup
+        )
+        # Baseline again after the export runs, to expose drift on a shared machine.
+        results["predict_again"], _ = _median_ms(
+            lambda: _block(model.predict(features_np, verbose=0)), args.iters, args.warmup
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    serving = results["serving_image_tensor"]
+    report = {
+        "benchmark": "export_serving_overhead",
+        "backbone": args.backbone,
+        "image_size": [height, width],
+        "resized_size": [int(v) for v in info[1].numpy()],
+        "num_classes": args.num_classes,
+        "max_detections": config.max_detections,
+        "iters": args.iters,
+        "latency_ms": {k: round(v, 2) for k, v in results.items()},
+        "overhead_pct": {
+            "vs_predict": round(100.0 * (serving / results["predict"] - 1.0), 1),
+            "vs_predict_again": round(100.0 * (serving / results["predict_again"] - 1.0), 1),
+            "vs_model_function": round(100.0 * (serving / results["model_function"] - 1.0), 1),
+            "vs_model_function_reference": round(
+                100.0 * (serving / results["model_function_reference"] - 1.0), 1
+            ),
+        },
+        "export_time_s": round(export_time, 2),
+        "saved_model_mb": round(size_mb, 2),
+        "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "tensorflow": tf.__version__,
+    }
+    print(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
