@@ -110,22 +110,25 @@ MNC_HOST_DEVICE AxisSample MakeAxisSample(float c1n, float c2n, int i, int crop,
 }
 
 // Bilinear value from the four corners (top/bottom = lo/hi along y,
-// left/right = lo/hi along x), crop_and_resize's order of operations.
-MNC_HOST_DEVICE float Bilinear(float tl, float tr, float bl, float br, float y_lerp,
-                               float x_lerp) {
-  const float top = tl + (tr - tl) * x_lerp;
-  const float bottom = bl + (br - bl) * x_lerp;
+// left/right = lo/hi along x), crop_and_resize's order of operations. T is
+// float, or a vector of channels on the CPU.
+template <typename T>
+MNC_HOST_DEVICE T Bilinear(T tl, T tr, T bl, T br, float y_lerp, float x_lerp) {
+  const T top = tl + (tr - tl) * x_lerp;
+  const T bottom = bl + (br - bl) * x_lerp;
   return top + (bottom - top) * y_lerp;
 }
 
 // d Bilinear / d y_lerp (= d / d pos_y). Zero on an exact grid line, where
 // bottom == top: the same one-sided choice as crop_and_resize's gradient.
-MNC_HOST_DEVICE float BilinearGradY(float tl, float tr, float bl, float br, float x_lerp) {
+template <typename T>
+MNC_HOST_DEVICE T BilinearGradY(T tl, T tr, T bl, T br, float x_lerp) {
   return (1.f - x_lerp) * (bl - tl) + x_lerp * (br - tr);
 }
 
 // d Bilinear / d x_lerp (= d / d pos_x).
-MNC_HOST_DEVICE float BilinearGradX(float tl, float tr, float bl, float br, float y_lerp) {
+template <typename T>
+MNC_HOST_DEVICE T BilinearGradX(T tl, T tr, T bl, T br, float y_lerp) {
   return (1.f - y_lerp) * (tr - tl) + y_lerp * (br - bl);
 }
 

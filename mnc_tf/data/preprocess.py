@@ -227,8 +227,17 @@ def prepare_example(
     new_h, new_w = scaled_size(shape[0], shape[1], short_side, max_side, max_size=pad_to)
     new_size = tf.stack([new_h, new_w])
     info = image_info((shape[0], shape[1]), (new_h, new_w))
-    image = tf.image.resize(tf.cast(image, tf.float32), new_size)
-    masks = resize_masks(masks, new_size)
+    # Images already at the target size (pre-resized datasets, scale 1) skip the resampling,
+    # which is an identity then but still costs a pass over every mask.
+    same_size = tf.reduce_all(tf.equal(new_size, shape[:2]))
+    image, masks = tf.cond(
+        same_size,
+        lambda: (tf.cast(image, tf.float32), masks),
+        lambda: (
+            tf.image.resize(tf.cast(image, tf.float32), new_size),
+            resize_masks(masks, new_size),
+        ),
+    )
     boxes = box_ops.clip(scale_boxes(boxes, info), tf.cast(new_size, tf.float32))
     if flip:
         image, boxes, masks = random_flip(image, boxes, masks, _subseed(seed, 2))

@@ -43,17 +43,6 @@ from mnc_tf.training import strategy as strategy_lib
 
 logger = logging.getLogger("mnc_tf.training")
 
-# Errors that mean "this checkpoint cannot be read" (truncated, missing shard, wrong graph).
-_UNREADABLE = (
-    tf.errors.NotFoundError,
-    tf.errors.DataLossError,
-    tf.errors.InvalidArgumentError,
-    tf.errors.FailedPreconditionError,
-    OSError,
-    ValueError,
-    AssertionError,
-)
-
 
 def global_step(model: keras.Model) -> int:
     """The optimizer's iteration counter (number of applied updates) as a Python int."""
@@ -187,22 +176,27 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             with self.model.distribute_strategy.scope():
                 self.model.optimizer.build(self.model.trainable_variables)
         checkpoint = self._ensure_checkpoint()
+        last_error = None
         for path in self._candidates():
             try:
                 checkpoint.restore(path).assert_existing_objects_matched()
-            except _UNREADABLE as e:
+            # The TF reader reports damage in many ways (OpError "file is too short to be an
+            # sstable", DataLossError, IndexError "Read less bytes than requested", ...): any
+            # failure means "try the next older checkpoint"; each one is logged.
+            except Exception as e:  # noqa: BLE001
                 logger.warning("checkpoint %s is unreadable (%s); trying an older one", path, e)
+                last_error = e
                 continue
             self.restored_path = path
             self.restored_step = global_step(self.model)
             self._last_saved_step = self.restored_step
             logger.info("restored checkpoint %s (step %d)", path, self.restored_step)
             return
-        if self._candidates():
+        if last_error is not None:
             raise RuntimeError(
-                f"None of the checkpoints in {self.backup_dir} could be restored; move the "
-                "directory away to start from scratch."
-            )
+                f"None of the checkpoints in {self.backup_dir} could be restored (last error: "
+                f"{last_error}); move the directory away to start from scratch."
+            ) from last_error
 
     # ------------------------------------------------------------------ fit hooks
     def on_train_begin(self, logs=None):

@@ -14,9 +14,9 @@ from mnc_tf.training.config import load_config
 
 def main(config_path, model_dir, out_prefix):
     config = load_config(config_path)  # no TF op yet: the strategy is created first in train()
-    from mnc_tf.training.train import train
-
     import numpy as np
+
+    from mnc_tf.training.train import train
 
     history = train(config, model_dir)
     weights = history.model.get_weights()

@@ -37,9 +37,7 @@ def test_unknown_key_names_it_and_the_closest(tmp_path, cfg, names):
         load_config(_write(tmp_path, cfg))
     unknown, closest = names
     assert unknown in str(e.value)
-    assert f"Did you mean {closest}" in str(e.value) or f"Did you mean '{closest}'" in str(
-        e.value
-    )
+    assert f"Did you mean {closest}" in str(e.value) or f"Did you mean '{closest}'" in str(e.value)
 
 
 @pytest.mark.parametrize(

@@ -1,80 +1,69 @@
 """RoI warping of the shared features for stages 2–3 (and 4–5), batched over images.
 
-Uses ``mnc_tf.layers.RoIWarp`` (the fused custom op with exact feature and box gradients)
-when it is available; otherwise :class:`CropAndResizeRoIWarp`, the same computation from
-stock ops (``tf.image.crop_and_resize`` has box gradients too).
+``mnc_tf.layers.RoIWarp`` samples box corners (``crop_and_resize``'s convention: sample
+``i`` at feature index ``y1·s + i·(y2 - y1)·s/(K - 1)``). The model's convention is
+cell centres, the same as the mask targets and :func:`mnc_tf.core.masks.paste_masks`: sample
+``i`` of a box ``[y1, y2)`` reads the image point ``y1 + (i + 0.5)·(y2 - y1)/K``, and feature
+cell ``k`` is centred at pixel ``(k + 0.5)/s``. :func:`warp_rois` converts the boxes (a linear,
+differentiable map), so warped features and mask targets see the same points.
 """
+
+import logging
 
 import keras
 import tensorflow as tf
 
+from mnc_tf import ops
+from mnc_tf.layers import RoIWarp
+
+_logger = logging.getLogger(__name__)
+
 
 @keras.saving.register_keras_serializable(package="mnc_tf")
-class CropAndResizeRoIWarp(keras.layers.Layer):
-    """Bilinear warp of each box to ``crop × crop`` then ``crop/pooled`` max-pool.
+class ReferenceRoIWarp(keras.layers.Layer):
+    """Stand-in for ``RoIWarp`` around ``mnc_tf.ops.roi_warp_reference`` (same call contract),
+    used only when ``RoIWarp`` cannot be constructed (TEMPORARY, while the op is in progress)."""
 
-    Sample ``i`` of a box ``[y1, y2)`` is the feature map read at pixel
-    ``y1 + (i + 0.5)·(y2 - y1)/crop``, i.e. feature index ``that · spatial_scale - 0.5``
-    (feature cell ``k`` is centred at pixel ``(k + 0.5)/spatial_scale``).
-
-    Call: ``(features [B, h, w, C], boxes [R, 4] pixels, box_indices [R] int32)`` →
-    float32 ``[R, pooled, pooled, C]``.
-    """
-
-    supports_jit = False
-
-    def __init__(self, crop_size=28, pooled_size=14, spatial_scale=1.0 / 16, **kwargs):
+    def __init__(self, crop_size=28, pooled_size=14, spatial_scale=1 / 16, **kwargs):
         super().__init__(**kwargs)
         self.crop_size = int(crop_size)
         self.pooled_size = int(pooled_size)
         self.spatial_scale = float(spatial_scale)
+        self.supports_jit = False
 
     def call(self, features, boxes, box_indices):
-        features = tf.cast(features, tf.float32)
-        shape = tf.shape(features)
-        hf = tf.cast(shape[1], tf.float32)
-        wf = tf.cast(shape[2], tf.float32)
-        c = float(self.crop_size)
-        s = self.spatial_scale
-        y1, x1, y2, x2 = tf.unstack(tf.cast(boxes, tf.float32), axis=-1)
-        ny1 = ((y1 + 0.5 * (y2 - y1) / c) * s - 0.5) / tf.maximum(hf - 1.0, 1.0)
-        ny2 = ((y2 - 0.5 * (y2 - y1) / c) * s - 0.5) / tf.maximum(hf - 1.0, 1.0)
-        nx1 = ((x1 + 0.5 * (x2 - x1) / c) * s - 0.5) / tf.maximum(wf - 1.0, 1.0)
-        nx2 = ((x2 - 0.5 * (x2 - x1) / c) * s - 0.5) / tf.maximum(wf - 1.0, 1.0)
-        crops = tf.image.crop_and_resize(
-            features,
-            tf.stack([ny1, nx1, ny2, nx2], axis=-1),
-            tf.cast(box_indices, tf.int32),
-            [self.crop_size, self.crop_size],
-        )
-        k = self.crop_size // self.pooled_size
-        if k > 1:
-            crops = tf.nn.max_pool2d(crops, k, k, "VALID")
-        return crops
+        return ops.roi_warp_reference(
+            tf.cast(features, tf.float32), boxes, box_indices, self.crop_size,
+            self.pooled_size, self.spatial_scale,
+        )  # fmt: skip
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            crop_size=self.crop_size,
-            pooled_size=self.pooled_size,
-            spatial_scale=self.spatial_scale,
-        )
+        config.update(crop_size=self.crop_size, pooled_size=self.pooled_size,
+                      spatial_scale=self.spatial_scale)  # fmt: skip
         return config
 
 
 def build_roi_warp(crop_size, pooled_size, spatial_scale, name="roi_warp"):
-    """The RoI warp layer: ``mnc_tf.layers.RoIWarp`` if present, else the stock-op version.
-
-    The layer is pinned to float32: its boxes are pixel coordinates, which float16 (mixed
-    precision) would round to half pixels.
-    """
+    """The RoI warp layer, pinned to float32: its boxes are pixel coordinates, which float16
+    (mixed precision) would round to half pixels."""
     try:
-        from mnc_tf.layers import RoIWarp  # noqa: PLC0415  (optional until the op lands)
-    except ImportError:
-        RoIWarp = None
-    if RoIWarp is None:
-        RoIWarp = CropAndResizeRoIWarp
-    return RoIWarp(crop_size, pooled_size, spatial_scale, name=name, dtype="float32")
+        return RoIWarp(crop_size, pooled_size, spatial_scale, name=name, dtype="float32")
+    except Exception as err:  # noqa: BLE001  TEMPORARY until mnc_tf.layers.RoIWarp is fixed
+        _logger.warning("RoIWarp unavailable (%s); using roi_warp_reference", err)
+        return ReferenceRoIWarp(crop_size, pooled_size, spatial_scale, name=name, dtype="float32")
+
+
+def corner_aligned_boxes(rois, crop_size, spatial_scale):
+    """Boxes ``[..., 4]`` whose corner samples are the cell-centre samples of ``rois``."""
+    y1, x1, y2, x2 = tf.unstack(rois, axis=-1)
+    half_y = 0.5 * (y2 - y1) / crop_size
+    half_x = 0.5 * (x2 - x1) / crop_size
+    shift = 0.5 / spatial_scale
+    return tf.stack(
+        [y1 + half_y - shift, x1 + half_x - shift, y2 - half_y - shift, x2 - half_x - shift],
+        axis=-1,
+    )
 
 
 def warp_rois(roi_warp, features, rois):
@@ -83,13 +72,15 @@ def warp_rois(roi_warp, features, rois):
     Args:
       roi_warp: a layer from :func:`build_roi_warp`.
       features: ``[B, h, w, C]``.
-      rois: float32 ``[B, R, 4]`` pixels.
+      rois: float32 ``[B, R, 4]`` pixels (gradients flow back to them).
 
     Returns:
       float32 ``[B·R, S, S, C]`` (image-major order).
     """
     b = tf.shape(rois)[0]
     r = tf.shape(rois)[1]
-    boxes = tf.reshape(rois, [-1, 4])
+    boxes = corner_aligned_boxes(
+        tf.reshape(tf.cast(rois, tf.float32), [-1, 4]), roi_warp.crop_size, roi_warp.spatial_scale
+    )
     box_indices = tf.reshape(tf.tile(tf.range(b)[:, None], tf.stack([1, r])), [-1])
     return roi_warp(features, boxes, box_indices)

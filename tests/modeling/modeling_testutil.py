@@ -1,7 +1,6 @@
-"""Shared fixtures for the model tests: a tiny config and a synthetic shapes batch."""
+"""Helpers of the model tests: a tiny config and a synthetic shapes batch."""
 
 import numpy as np
-import pytest
 
 from mnc_tf.config import MNCConfig
 
@@ -65,12 +64,3 @@ def make_shapes(n, size=64, max_instances=4, seed=0):
             masks[i, j] = m
     return images, {"boxes": boxes, "labels": labels, "masks": masks}
 
-
-@pytest.fixture
-def tiny_config():
-    return make_tiny_config
-
-
-@pytest.fixture
-def shapes():
-    return make_shapes

@@ -1,0 +1,194 @@
+"""Input-pipeline throughput vs baselines measured in the same run (issue 3's benchmark).
+
+    python benchmarks/bench_data.py                  # 200 × 128 px and 100 × 600 px images
+    python benchmarks/bench_data.py --quick          # fewer images
+
+For each setting a synthetic shapes dataset (``make_shapes_dataset``) is written to a
+temporary folder and these are timed over one full pass (after one warm-up pass, so files
+are in the page cache):
+
+* ``full``: ``coco_dataset(training=True)`` — decode, masks, resize, random flip, pad,
+  batch, prefetch — the training pipeline, ``num_parallel_calls=AUTOTUNE``;
+* ``full_sequential``: the same with ``num_parallel_calls=None``;
+* ``decode_only``: a ``tf.data`` pipeline that only reads and decodes the same JPEGs
+  (parallel map, batch, prefetch) — the issue's baseline; target ``full / decode_only``
+  ≥ 0.5;
+* ``naive_python``: a plain loop (cv2.imread + pycocotools ``annToMask`` + cv2.resize +
+  NumPy padding + batching), what a user would write by hand;
+* stage breakdown: ``load_stage`` (the ``tf.numpy_function`` that decodes the image and
+  rasterises masks, parallel) and ``prepare_stage`` (resize/flip/pad/batch from cached
+  decoded examples).
+
+``max_instances`` matters: docs/CONTRACTS.md pads masks to ``[N, Hp, Wp]``, so the contract
+default N = 100 at 608×608 moves 37 MB of mostly-zero mask per image; each setting is run
+with N = 100 and with a bound fitting the data (N = 8; shapes images hold ≤ 4).
+
+Prints one JSON object (images/s; ratios are ``full`` over the baseline).
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from pycocotools.coco import COCO  # noqa: E402
+
+from mnc_tf.data import coco_dataset, make_shapes_dataset  # noqa: E402
+from mnc_tf.data.coco import CocoSource  # noqa: E402
+
+BATCH = 2
+
+
+def _rate(make_iterable, num_images):
+    """Images/s of one pass, after a warm-up pass."""
+    for _ in make_iterable():
+        pass
+    start = time.perf_counter()
+    for _ in make_iterable():
+        pass
+    return num_images / (time.perf_counter() - start)
+
+
+def _decode_only(shapes):
+    coco = COCO(shapes.annotation_file)
+    paths = [os.path.join(shapes.image_dir, coco.imgs[i]["file_name"]) for i in sorted(coco.imgs)]
+
+    def make():
+        ds = tf.data.Dataset.from_tensor_slices(paths)
+        ds = ds.map(
+            lambda p: tf.io.decode_jpeg(tf.io.read_file(p), channels=3),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        return ds.batch(BATCH).prefetch(tf.data.AUTOTUNE)
+
+    return make
+
+
+def _naive_python(shapes, side, max_instances):
+    coco = COCO(shapes.annotation_file)
+    cat_ids = sorted(coco.cats)
+    pad = int(np.ceil(side / 32) * 32)
+
+    def batches():
+        batch = []
+        for image_id in sorted(coco.imgs):
+            img = coco.imgs[image_id]
+            image = cv2.imread(os.path.join(shapes.image_dir, img["file_name"]))[..., ::-1]
+            h, w = image.shape[:2]
+            s = side / min(h, w)
+            nh, nw = round(h * s), round(w * s)
+            image = cv2.resize(image.astype(np.float32), (nw, nh))
+            anns = coco.imgToAnns[image_id][:max_instances]
+            masks = np.zeros((max_instances, pad, pad), np.uint8)
+            boxes = -np.ones((max_instances, 4), np.float32)
+            labels = -np.ones(max_instances, np.int32)
+            for k, ann in enumerate(anns):
+                m = cv2.resize(coco.annToMask(ann).astype(np.float32), (nw, nh)) >= 0.5
+                masks[k, :nh, :nw] = m
+                x, y, bw, bh = ann["bbox"]
+                boxes[k] = np.array([y, x, y + bh, x + bw]) * s
+                labels[k] = cat_ids.index(ann["category_id"]) + 1
+            padded = np.zeros((pad, pad, 3), np.float32)
+            padded[:nh, :nw] = image
+            batch.append((padded, boxes, labels, masks))
+            if len(batch) == BATCH:
+                yield [np.stack(x) for x in zip(*batch, strict=True)]
+                batch = []
+
+    return batches
+
+
+def _stages(shapes, side, max_instances):
+    source = CocoSource(shapes.annotation_file, shapes.image_dir, max_instances=max_instances)
+    n = len(source.records)
+
+    def load():
+        ds = tf.data.Dataset.range(n).map(source._load_tf, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    cached = source.dataset(
+        batch_size=BATCH, training=True, seed=0, short_side=side, max_side=1000, cache=True
+    )
+    for _ in cached:  # fill the cache: the timed passes below run prepare only
+        pass
+    return {
+        "load_stage": _rate(load, n),
+        "prepare_stage": _rate(lambda: cached, n - n % BATCH),
+    }
+
+
+def run_setting(root, name, num_images, image_size, side, max_instances_list):
+    t0 = time.perf_counter()
+    shapes = make_shapes_dataset(
+        os.path.join(root, name), num_images, seed=0, image_size=image_size
+    )
+    result = {
+        "num_images": num_images,
+        "image_size": image_size,
+        "short_side": side,
+        "generate_s": round(time.perf_counter() - t0, 2),
+        "decode_only": _decode_only(shapes),
+    }
+    result["decode_only"] = _rate(result["decode_only"], num_images)
+    n_batched = num_images - num_images % BATCH
+    for max_instances in max_instances_list:
+
+        def full(parallel=tf.data.AUTOTUNE, n=max_instances):
+            return coco_dataset(
+                shapes.annotation_file, shapes.image_dir, batch_size=BATCH, training=True,
+                seed=0, short_side=side, max_side=1000, max_instances=n,
+                num_parallel_calls=parallel,
+            )  # fmt: skip
+
+        ds = full()
+        entry = {"padded_size": list(ds.info.image_size)}
+        entry["full"] = _rate(lambda ds=ds: ds, n_batched)
+        seq = full(parallel=None)
+        entry["full_sequential"] = _rate(lambda seq=seq: seq, n_batched)
+        entry["naive_python"] = _rate(_naive_python(shapes, side, max_instances), n_batched)
+        entry.update(_stages(shapes, side, max_instances))
+        entry["ratio_full_vs_decode_only"] = entry["full"] / result["decode_only"]
+        entry["ratio_full_vs_naive_python"] = entry["full"] / entry["naive_python"]
+        entry["ratio_full_vs_sequential"] = entry["full"] / entry["full_sequential"]
+        result[f"max_instances_{max_instances}"] = {
+            k: round(v, 3) if isinstance(v, float) else v for k, v in entry.items()
+        }
+    result["decode_only"] = round(result["decode_only"], 2)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="50 + 24 images")
+    args = parser.parse_args()
+    small, large = (50, 24) if args.quick else (200, 100)
+    with tempfile.TemporaryDirectory() as root:
+        report = {
+            "benchmark": "bench_data",
+            "unit": "images/s",
+            "batch_size": BATCH,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "load_avg_1m": round(os.getloadavg()[0], 2),
+                "python": platform.python_version(),
+                "tensorflow": tf.__version__,
+            },
+            "settings": {
+                "128px": run_setting(root, "s128", small, 128, 128, (100, 8)),
+                "600px": run_setting(root, "s600", large, 600, 600, (100, 8)),
+            },
+        }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Benchmark: the MncRoiWarp op vs crop_and_resize + max_pool2d, same run, same inputs.
+
+Features 1x38x63x512 float32 (a 600x1000 image at stride 16), 300 random boxes, crop 28 ->
+pool 14. Times the forward pass and forward + backward (gradients w.r.t. features and
+boxes), each inside a tf.function, as the median of --runs runs after warm-up. Prints one
+JSON object; ratio = baseline time / our time (> 1: ours is faster).
+
+    python benchmarks/bench_roi_warp.py [--runs 20] [--boxes 300] [--device /CPU:0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from mnc_tf.ops import roi_warp, roi_warp_reference  # noqa: E402
+
+
+def _median_ms(fn, runs):
+    fn()  # trace + warm caches
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = fn()
+        # Pull the values to the host so asynchronous (GPU) work is included.
+        tf.nest.map_structure(lambda t: t.numpy(), result)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _inputs(num_boxes, seed=0):
+    rng = np.random.default_rng(seed)
+    features = tf.constant(rng.standard_normal((1, 38, 63, 512)), tf.float32)
+    # Proposals inside a 600x1000 image, 16..600 px per side.
+    y1 = rng.uniform(0, 584, num_boxes)
+    x1 = rng.uniform(0, 984, num_boxes)
+    h = rng.uniform(16, 600, num_boxes)
+    w = rng.uniform(16, 600, num_boxes)
+    boxes = np.stack([y1, x1, np.minimum(y1 + h, 599), np.minimum(x1 + w, 999)], axis=1)
+    boxes = tf.constant(boxes, tf.float32)
+    box_indices = tf.zeros([num_boxes], tf.int32)
+    upstream = tf.constant(rng.standard_normal((num_boxes, 14, 14, 512)), tf.float32)
+    return features, boxes, box_indices, upstream
+
+
+def _timings(warp, features, boxes, box_indices, upstream, runs):
+    forward = tf.function(lambda: warp(features, boxes, box_indices))
+
+    @tf.function
+    def forward_backward():
+        with tf.GradientTape() as tape:
+            tape.watch([features, boxes])
+            out = warp(features, boxes, box_indices)
+        return tape.gradient(out, [features, boxes], output_gradients=upstream)
+
+    return _median_ms(forward, runs), _median_ms(forward_backward, runs)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--boxes", type=int, default=300)
+    parser.add_argument("--device", default="/CPU:0")
+    args = parser.parse_args(argv)
+
+    with tf.device(args.device):
+        inputs = _inputs(args.boxes)
+        ours_fwd, ours_fb = _timings(roi_warp, *inputs, args.runs)
+        base_fwd, base_fb = _timings(roi_warp_reference, *inputs, args.runs)
+    result = {
+        "benchmark": "roi_warp",
+        "device": args.device,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "tensorflow": tf.__version__,
+        "features": [1, 38, 63, 512],
+        "boxes": args.boxes,
+        "crop_size": 28,
+        "pooled_size": 14,
+        "runs": args.runs,
+        "forward_ms": {"ours": round(ours_fwd, 2), "baseline": round(base_fwd, 2)},
+        "forward_backward_ms": {"ours": round(ours_fb, 2), "baseline": round(base_fb, 2)},
+        "ratio_forward": round(base_fwd / ours_fwd, 2),
+        "ratio_forward_backward": round(base_fb / ours_fb, 2),
+        "baseline": "tf.image.crop_and_resize + tf.nn.max_pool2d (roi_warp_reference)",
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Keras layer around RoI warping (``mnc_tf.ops.roi_warp`` / ``roi_warp_reference``)."""
+
+from __future__ import annotations
+
+import keras
+
+from mnc_tf.ops import roi_warp as roi_warp_ops
+
+
+@keras.saving.register_keras_serializable(package="mnc_tf")
+class RoIWarp(keras.layers.Layer):
+    """Warps the features inside each box to ``pooled_size``² cells (MNC stages 2-3).
+
+    Call as ``layer(features, boxes, box_indices)``:
+
+    - features: ``[B, H, W, C]`` feature map (cast to the layer's compute dtype).
+    - boxes: ``[R, 4]`` ``y1, x1, y2, x2`` in input-image pixels, kept in float32 even under
+      mixed precision (float16 cannot hold pixel coordinates of large images exactly).
+    - box_indices: ``[R]`` int32 image of each box.
+
+    Returns ``[R, pooled_size, pooled_size, C]`` in the compute dtype; differentiable
+    w.r.t. features and boxes.
+
+    Args:
+      crop_size: bilinear samples per side before max-pooling (paper: 28).
+      pooled_size: output cells per side (paper: 14); divides ``crop_size``.
+      spatial_scale: feature pixels per image pixel (stride 16: 1/16).
+      implementation: ``"auto"`` (custom op if built, else stock ops), ``"custom"`` or
+        ``"reference"``. A ``mnc_tf.ops.roi_warp_implementation(...)`` block active when
+        the layer is called overrides it (the exporter traces with ``"reference"``).
+    """
+
+    def __init__(
+        self, crop_size=28, pooled_size=14, spatial_scale=1 / 16, implementation="auto", **kwargs
+    ):
+        super().__init__(**kwargs)
+        if implementation not in roi_warp_ops.IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {roi_warp_ops.IMPLEMENTATIONS}, "
+                f"got {implementation!r}"
+            )
+        if crop_size < 1 or pooled_size < 1 or crop_size % pooled_size:
+            raise ValueError(
+                "crop_size and pooled_size must be >= 1 with crop_size divisible by "
+                f"pooled_size, got crop_size={crop_size}, pooled_size={pooled_size}"
+            )
+        if not (0 < spatial_scale < float("inf")):
+            raise ValueError(f"spatial_scale must be finite and > 0, got {spatial_scale!r}")
+        self.crop_size = int(crop_size)
+        self.pooled_size = int(pooled_size)
+        self.spatial_scale = float(spatial_scale)
+        self.implementation = implementation
+        # The custom op has no XLA kernel.
+        self.supports_jit = False
+        # Only features take the compute dtype; boxes and indices are cast in call().
+        self._convert_input_args = False
+
+    def call(self, features, boxes, box_indices):
+        features = keras.ops.cast(features, self.compute_dtype)
+        boxes = keras.ops.cast(boxes, "float32")
+        box_indices = keras.ops.cast(box_indices, "int32")
+        name = roi_warp_ops.resolve_roi_warp_implementation(self.implementation)
+        fn = roi_warp_ops.roi_warp if name == "custom" else roi_warp_ops.roi_warp_reference
+        return fn(
+            features,
+            boxes,
+            box_indices,
+            crop_size=self.crop_size,
+            pooled_size=self.pooled_size,
+            spatial_scale=self.spatial_scale,
+        )
+
+    def compute_output_shape(self, features_shape, boxes_shape, box_indices_shape):
+        return (boxes_shape[0], self.pooled_size, self.pooled_size, features_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            crop_size=self.crop_size,
+            pooled_size=self.pooled_size,
+            spatial_scale=self.spatial_scale,
+            implementation=self.implementation,
+        )
+        return config

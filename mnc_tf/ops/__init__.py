@@ -1,0 +1,21 @@
+"""TensorFlow ops of mnc_tf: RoI warping (custom op and stock-op reference)."""
+
+from mnc_tf.ops._loader import OpLibraryNotFoundError, library_available, load_library
+from mnc_tf.ops.roi_warp import (
+    get_roi_warp_implementation,
+    resolve_roi_warp_implementation,
+    roi_warp,
+    roi_warp_implementation,
+    roi_warp_reference,
+)
+
+__all__ = [
+    "OpLibraryNotFoundError",
+    "get_roi_warp_implementation",
+    "library_available",
+    "load_library",
+    "resolve_roi_warp_implementation",
+    "roi_warp",
+    "roi_warp_implementation",
+    "roi_warp_reference",
+]
