@@ -93,6 +93,10 @@ class MNCConfig:
 
     # ---- end to end ----
     box_gradient: bool = True  # losses back-propagate through the RoI coordinates
+    # Per-image, per-element clamps of the gradient that stage-2+ losses send into the
+    # regression outputs (released code: proposal layer 1/256, stage bridge 1/64; None: off).
+    proposal_gradient_clip: float | None = 1.0 / 256
+    bridge_gradient_clip: float | None = 1.0 / 64
 
     # ---- loss weights ----
     rpn_cls_loss_weight: float = 1.0

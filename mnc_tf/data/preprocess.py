@@ -154,7 +154,9 @@ def random_scale_factor(seed, scale_jitter):
 
 def pad_image(image, size):
     """Zero-pad ``[h, w, 3]`` bottom/right to ``size = (Hp, Wp)``; static output shape."""
-    padded = tf.image.pad_to_bounding_box(image, 0, 0, size[0], size[1])
+    shape = tf.shape(image)
+    # a plain pad: pad_to_bounding_box adds a dozen assertion ops per element
+    padded = tf.pad(image, [[0, size[0] - shape[0]], [0, size[1] - shape[1]], [0, 0]])
     padded.set_shape([size[0], size[1], image.shape[-1]])
     return padded
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import keras
 
-from mnc_tf.ops import roi_warp as roi_warp_ops
+from mnc_tf.ops.roi_warp import (
+    IMPLEMENTATIONS,
+    resolve_roi_warp_implementation,
+    roi_warp,
+    roi_warp_reference,
+)
 
 
 @keras.saving.register_keras_serializable(package="mnc_tf")
@@ -34,9 +39,9 @@ class RoIWarp(keras.layers.Layer):
         self, crop_size=28, pooled_size=14, spatial_scale=1 / 16, implementation="auto", **kwargs
     ):
         super().__init__(**kwargs)
-        if implementation not in roi_warp_ops.IMPLEMENTATIONS:
+        if implementation not in IMPLEMENTATIONS:
             raise ValueError(
-                f"implementation must be one of {roi_warp_ops.IMPLEMENTATIONS}, "
+                f"implementation must be one of {IMPLEMENTATIONS}, "
                 f"got {implementation!r}"
             )
         if crop_size < 1 or pooled_size < 1 or crop_size % pooled_size:
@@ -52,15 +57,17 @@ class RoIWarp(keras.layers.Layer):
         self.implementation = implementation
         # The custom op has no XLA kernel.
         self.supports_jit = False
-        # Only features take the compute dtype; boxes and indices are cast in call().
+        # Keras would cast every floating input to the compute dtype (float16 boxes lose
+        # whole pixels); call() casts features only, so arrays must be let through as-is.
         self._convert_input_args = False
+        self._allow_non_tensor_positional_args = True
 
     def call(self, features, boxes, box_indices):
         features = keras.ops.cast(features, self.compute_dtype)
         boxes = keras.ops.cast(boxes, "float32")
         box_indices = keras.ops.cast(box_indices, "int32")
-        name = roi_warp_ops.resolve_roi_warp_implementation(self.implementation)
-        fn = roi_warp_ops.roi_warp if name == "custom" else roi_warp_ops.roi_warp_reference
+        name = resolve_roi_warp_implementation(self.implementation)
+        fn = roi_warp if name == "custom" else roi_warp_reference
         return fn(
             features,
             boxes,

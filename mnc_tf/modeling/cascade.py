@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from mnc_tf.core import box_ops
 from mnc_tf.modeling import losses, matching
+from mnc_tf.modeling.gradients import clip_gradient
 from mnc_tf.modeling.stage2_mask.mask_targets import mask_targets
 from mnc_tf.modeling.stage2_mask.roi_features import warp_rois
 from mnc_tf.modeling.stage3_class import class_targets
@@ -106,15 +107,20 @@ class Cascade:
             tf.reshape(deltas, tf.stack([batch, -1, n1, 4])),
         )
 
-    def _refine(self, rois, deltas, classes, valid, image_size):
-        """Apply each RoI's class-``classes`` deltas: the next mask stage's boxes."""
+    def _refine(self, rois, deltas, classes, valid, image_size, grad_scale=None):
+        """Apply each RoI's class-``classes`` deltas: the next mask stage's boxes.
+
+        ``grad_scale`` (training): see :func:`mnc_tf.modeling.gradients.clip_gradient`.
+        """
         d = tf.gather(deltas, classes, batch_dims=2)  # [B, R, 4]
+        if grad_scale is not None:
+            d = clip_gradient(d, self.config.bridge_gradient_clip, grad_scale)
         refined = box_ops.decode(d, rois, self.config.box_regression_weights)
         refined = box_ops.clip(refined, image_size)
         return tf.where(valid[..., None], refined, 0.0)
 
     # ------------------------------------------------------------------ training
-    def train(self, features, image_size, sample, gt, training=True):
+    def train(self, features, image_size, sample, gt, grad_scale, training=True):
         """Losses of all stages after the RPN.
 
         Args:
@@ -122,6 +128,7 @@ class Cascade:
           image_size: float32 ``[B, 2]``.
           sample: :func:`mnc_tf.modeling.stage2_mask.roi_sampler.sample_rois` output.
           gt: dict ``boxes [B, N, 4], labels [B, N], valid [B, N], masks [B, N, H, W]``.
+          grad_scale: scalar, d(differentiated loss)/d(one image's loss) (gradient clamps).
 
         Returns:
           dict loss name → float32 ``[B]`` per-image losses (see :func:`loss_names`).
@@ -136,10 +143,10 @@ class Cascade:
         for st in self.stages:
             if st.kind == MASK:
                 if class_out is not None:
-                    # Stage 4+: regress with the GT class for fg RoIs, the predicted one else.
+                    # Stage 4+: regress with the highest-scoring object class (released code).
                     cls_logits, deltas = class_out
                     pred = tf.cast(tf.argmax(cls_logits[..., 1:], axis=-1), tf.int32) + 1
-                    rois = self._refine(rois, deltas, tf.where(fg, labels, pred), valid, image_size)
+                    rois = self._refine(rois, deltas, pred, valid, image_size, grad_scale)
                     max_iou, matched, _ = matching.match_to_gt(rois, gt["boxes"], gt["valid"])
                     fg = valid & (max_iou >= cfg.roi_fg_iou)
                     labels = tf.where(fg, tf.gather(gt["labels"], matched, batch_dims=1), 0)

@@ -27,6 +27,7 @@ from mnc_tf.modeling import losses as loss_lib
 from mnc_tf.modeling import postprocess, sampling
 from mnc_tf.modeling.cascade import Cascade, loss_names
 from mnc_tf.modeling.factory import build_mnc_parts
+from mnc_tf.modeling.gradients import clip_gradient
 from mnc_tf.modeling.optim import build_optimizer
 from mnc_tf.modeling.stage1_rpn.anchor_labeler import label_anchors
 from mnc_tf.modeling.stage1_rpn.proposals import generate_proposals
@@ -217,11 +218,13 @@ class MNC(keras.Model):
         )
         return postprocess.detect(boxes, masks, probs, valid, cfg)
 
-    def compute_losses(self, x, y, training=True):
+    def compute_losses(self, x, y, training=True, loss_scale=1.0):
         """All loss terms for a batch.
 
         Args:
           x: images ``[B, H, W, 3]`` or the features dict; y: the targets dict.
+          loss_scale: the factor the caller multiplies the loss by before differentiating
+            (mixed-precision loss scaling); the end-to-end gradient clamps are per image.
 
         Returns:
           dict name → float32 scalar: every term of :attr:`loss_names` (mean over the local
@@ -247,8 +250,12 @@ class MNC(keras.Model):
             logits, deltas, labels, target_deltas, cfg.rpn_smooth_l1_beta
         )
         # Proposals (differentiable w.r.t. the RPN deltas) → RoI sample → stages 2..n.
+        # d(differentiated loss)/d(one image's loss): batch mean, replicas, loss scale.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        grad_scale = tf.cast(loss_scale, tf.float32) / tf.cast(batch * replicas, tf.float32)
+        prop_deltas = clip_gradient(deltas, cfg.proposal_gradient_clip, grad_scale)
         proposals, _, valid = generate_proposals(
-            logits, deltas, anchors, image_size, cfg.rpn_pre_nms_topk_train,
+            logits, prop_deltas, anchors, image_size, cfg.rpn_pre_nms_topk_train,
             cfg.rpn_post_nms_topk_train, cfg.rpn_nms_iou, cfg.rpn_min_size,
         )  # fmt: skip
         roi_keys = sampling.uniform(
@@ -258,7 +265,9 @@ class MNC(keras.Model):
             proposals, valid, gt["boxes"], gt["labels"], gt["valid"], roi_keys, cfg
         )
         per_image = {"rpn_cls_loss": rpn_cls, "rpn_box_loss": rpn_box}
-        per_image.update(self.cascade.train(features, image_size, sample, gt, training))
+        per_image.update(
+            self.cascade.train(features, image_size, sample, gt, grad_scale, training)
+        )
         out = {name: tf.reduce_mean(per_image[name]) for name in self.loss_names}
         out["loss"] = tf.add_n([self._loss_weight(name) * out[name] for name in self.loss_names])
         return out
@@ -294,8 +303,10 @@ class MNC(keras.Model):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         if y is None:
             raise ValueError("MNC.fit needs (features, targets) elements; got no targets")
+        # The mixed-precision loss scale (1 for a plain optimizer).
+        loss_scale = self.optimizer.scale_loss(tf.constant(1.0))
         with tf.GradientTape() as tape:
-            terms = self.compute_losses(x, y, training=True)
+            terms = self.compute_losses(x, y, training=True, loss_scale=loss_scale)
             # Each replica's loss is the mean over its local images; dividing by the number
             # of replicas makes the all-reduced (summed) gradients the global-batch mean.
             loss = self.optimizer.scale_loss(_scale_for_replicas(terms["loss"]))

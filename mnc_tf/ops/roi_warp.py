@@ -29,12 +29,8 @@ _override = "auto"
 _warned_fallback = False
 
 
-def _prepare(features, boxes, box_indices, crop_size, pooled_size, spatial_scale):
-    """Checks the static arguments; returns float32 features/boxes, int32 indices, input dtype.
-
-    float16 / bfloat16 features are computed in float32 (the kernels are float32 only) and the
-    result is cast back to the input dtype by the caller.
-    """
+def _check_static_args(crop_size, pooled_size, spatial_scale):
+    """The op checks its attributes itself; the stock-op reference checks them here."""
     for arg, value in (("crop_size", crop_size), ("pooled_size", pooled_size)):
         if int(value) != value or value < 1:
             raise ValueError(f"{arg} must be an integer >= 1, got {value!r}")
@@ -45,6 +41,14 @@ def _prepare(features, boxes, box_indices, crop_size, pooled_size, spatial_scale
         )
     if not (0 < spatial_scale < float("inf")):
         raise ValueError(f"spatial_scale must be finite and > 0, got {spatial_scale!r}")
+
+
+def _prepare(features, boxes, box_indices):
+    """float32 features and boxes, int32 indices, and the dtype to return.
+
+    float16 / bfloat16 features are computed in float32 (the kernels are float32 only) and
+    the result is cast back to the input dtype by the caller.
+    """
     features = tf.convert_to_tensor(features)
     dtype = features.dtype
     if dtype in (tf.float16, tf.bfloat16):
@@ -80,22 +84,21 @@ def roi_warp(
       w.r.t. ``features`` and ``boxes``.
 
     Raises:
-      ValueError: bad static arguments. tf.errors.InvalidArgumentError: bad shapes or
-      values (out-of-range indices, non-finite boxes), naming the argument.
+      tf.errors.InvalidArgumentError: bad attributes, shapes or values (out-of-range
+        indices, non-finite boxes), naming the argument, the expected and the actual value
+        (ValueError instead when a tf.function is traced with statically bad shapes).
       OpLibraryNotFoundError: the op library is not built.
     """
     ops = load_library()
     with tf.name_scope(name or "roi_warp"):
-        features, boxes, box_indices, dtype = _prepare(
-            features, boxes, box_indices, crop_size, pooled_size, spatial_scale
-        )
+        features, boxes, box_indices, dtype = _prepare(features, boxes, box_indices)
         output, _ = ops.mnc_roi_warp(
             features,
             boxes,
             box_indices,
-            crop_size=int(crop_size),
-            pooled_size=int(pooled_size),
-            spatial_scale=float(spatial_scale),
+            crop_size=crop_size,
+            pooled_size=pooled_size,
+            spatial_scale=spatial_scale,
         )
         return tf.cast(output, dtype) if dtype != tf.float32 else output
 
@@ -106,12 +109,12 @@ def roi_warp_reference(
     """``roi_warp`` from stock TF ops (``crop_and_resize`` + ``max_pool2d``); same contract.
 
     Feature maps with H == 1 (or W == 1) divide by 1 instead of H - 1: every sample then sits
-    on row 0, as in the custom op.
+    on row 0, as in the custom op. Bad static arguments raise ValueError; bad indices raise
+    crop_and_resize's InvalidArgumentError; non-finite boxes are not checked.
     """
+    _check_static_args(crop_size, pooled_size, spatial_scale)
     with tf.name_scope(name or "roi_warp_reference"):
-        features, boxes, box_indices, dtype = _prepare(
-            features, boxes, box_indices, crop_size, pooled_size, spatial_scale
-        )
+        features, boxes, box_indices, dtype = _prepare(features, boxes, box_indices)
         shape = tf.shape(features)
         extent = tf.cast(tf.maximum(shape[1:3] - 1, 1), tf.float32)
         # Same float operations in the same order as the kernel: (boxes * s) / extent.

@@ -306,8 +306,10 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         logs = logs or {}
         if self.monitor not in logs:
             if not self._warned:
-                logger.warning(
-                    "best-model metric %r not in the epoch logs (have: %s); skipped",
+                # Normal on epochs without evaluation; a typo in best_metric shows up here.
+                logger.info(
+                    "best-model metric %r not in this epoch's logs (have: %s); the best model "
+                    "is only checked on epochs that report it",
                     self.monitor,
                     ", ".join(sorted(logs)),
                 )
