@@ -5,7 +5,7 @@
 
 Prints one JSON object:
 
-* ``latency_ms``: medians over ``--iters`` runs (after ``--warmup``) of
+* ``latency_ms``: medians over ``--iters`` round-robin runs (after ``--warmup``) of
   - ``predict``: ``model.predict`` on the preprocessed (resized) image — the baseline the
     issue names; it includes Keras' per-call data-adapter overhead;
   - ``model_function``: the model's forward pass as one ``tf.function``, RoI warping as the
@@ -37,15 +37,19 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
-def _median_ms(fn, iters, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
+def _interleaved_median_ms(candidates, iters, warmup):
+    """Median milliseconds per candidate, timed round-robin so that load from other processes
+    on a shared machine hits every candidate alike."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in candidates}
     for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times), times
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _dir_mb(path):
@@ -103,17 +107,6 @@ def main(argv=None):
     with ops.roi_warp_implementation("reference"):
         reference_fn(features)  # traced here, reused below (same input shapes)
 
-    results = {}
-    results["predict"], _ = _median_ms(
-        lambda: _block(model.predict(features_np, verbose=0)), args.iters, args.warmup
-    )
-    results["model_function"], _ = _median_ms(
-        lambda: _block(default_fn(features)), args.iters, args.warmup
-    )
-    results["model_function_reference"], _ = _median_ms(
-        lambda: _block(reference_fn(features)), args.iters, args.warmup
-    )
-
     workdir = tempfile.mkdtemp(prefix="bench_export_")
     try:
         start = time.perf_counter()
@@ -125,16 +118,14 @@ def main(argv=None):
         bytes_fn = loaded.signatures["serving_default"]
         pixels = tf.constant(image[None])
         encoded = tf.io.encode_jpeg(image, quality=95)[None]
-        results["serving_image_tensor"], _ = _median_ms(
-            lambda: _block(image_fn(images=pixels)), args.iters, args.warmup
-        )
-        results["serving_default"], _ = _median_ms(
-            lambda: _block(bytes_fn(images=encoded)), args.iters, args.warmup
-        )
-        # Baseline again after the export runs, to expose drift on a shared machine.
-        results["predict_again"], _ = _median_ms(
-            lambda: _block(model.predict(features_np, verbose=0)), args.iters, args.warmup
-        )
+        candidates = {
+            "predict": lambda: _block(model.predict(features_np, verbose=0)),
+            "model_function": lambda: _block(default_fn(features)),
+            "model_function_reference": lambda: _block(reference_fn(features)),
+            "serving_image_tensor": lambda: _block(image_fn(images=pixels)),
+            "serving_default": lambda: _block(bytes_fn(images=encoded)),
+        }
+        results = _interleaved_median_ms(candidates, args.iters, args.warmup)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -150,7 +141,6 @@ def main(argv=None):
         "latency_ms": {k: round(v, 2) for k, v in results.items()},
         "overhead_pct": {
             "vs_predict": round(100.0 * (serving / results["predict"] - 1.0), 1),
-            "vs_predict_again": round(100.0 * (serving / results["predict_again"] - 1.0), 1),
             "vs_model_function": round(100.0 * (serving / results["model_function"] - 1.0), 1),
             "vs_model_function_reference": round(
                 100.0 * (serving / results["model_function_reference"] - 1.0), 1

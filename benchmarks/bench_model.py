@@ -95,11 +95,19 @@ def main():
     for j in range(3):
         y1, x1, y2, x2 = boxes[0, j].astype(int)
         masks[0, j, y1:y2, x1:x2] = 1
-    targets = {"boxes": tf.constant(boxes), "labels": tf.constant(labels), "masks": tf.constant(masks)}
+    targets = {
+        "boxes": tf.constant(boxes),
+        "labels": tf.constant(labels),
+        "masks": tf.constant(masks),
+    }
 
-    results = {"device": "cpu" if not tf.config.list_physical_devices("GPU") else "gpu",
-               "backbone": backbone, "image": [h, w], "batch": 1,
-               "proposals": cfg.rpn_post_nms_topk_test}  # fmt: skip
+    results = {
+        "device": "cpu" if not tf.config.list_physical_devices("GPU") else "gpu",
+        "backbone": backbone,
+        "image": [h, w],
+        "batch": 1,
+        "proposals": cfg.rpn_post_nms_topk_test,
+    }
     models = {s: MNC(args.num_classes, backbone=backbone, num_stages=s, config=cfg) for s in (3, 5)}
     m5 = models[5]
     # The same backbone weights for all measurements.
@@ -116,8 +124,10 @@ def main():
             loss = tf.reduce_sum(tf.cast(f, tf.float32))
         return tape.gradient(loss, m5.backbone.trainable_weights)
 
-    infer = {s: tf.function(lambda x, m=models[s]: m(x, training=False), jit_compile=False)
-             for s in (3, 5)}  # fmt: skip
+    infer = {
+        s: tf.function(lambda x, m=models[s]: m(x, training=False), jit_compile=False)
+        for s in (3, 5)
+    }
     m5.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9))
     data = ({"images": images}, targets)
     m5.make_train_function()
@@ -137,16 +147,28 @@ def main():
     bb_flops = conv_dense_flops(m5.backbone, h, w)
     rpn, mask, cls = head_flops(m5, cfg.rpn_post_nms_topk_test, feat[1], feat[2])
     results.update(
-        seconds={"backbone_forward": t_bb, "backbone_forward_backward": t_bb_bwd,
-                 "infer_3stage": t3, "infer_5stage": t5, "train_step_5stage": t_train},
-        ratios={"infer_3stage_ratio": t3 / t_bb, "infer_5stage_ratio": t5 / t_bb,
-                "train_step_ratio": t_train / t_bb_bwd},
+        seconds={
+            "backbone_forward": t_bb,
+            "backbone_forward_backward": t_bb_bwd,
+            "infer_3stage": t3,
+            "infer_5stage": t5,
+            "train_step_5stage": t_train,
+        },
+        ratios={
+            "infer_3stage_ratio": t3 / t_bb,
+            "infer_5stage_ratio": t5 / t_bb,
+            "train_step_ratio": t_train / t_bb_bwd,
+        },
         targets=TARGETS,
-        gflops={"backbone": bb_flops / 1e9, "rpn": rpn / 1e9, "mask_stage": mask / 1e9,
-                "class_stage": cls / 1e9,
-                "infer_3stage": (bb_flops + rpn + mask + cls) / 1e9,
-                "infer_5stage": (bb_flops + rpn + 2 * (mask + cls)) / 1e9},
-    )  # fmt: skip
+        gflops={
+            "backbone": bb_flops / 1e9,
+            "rpn": rpn / 1e9,
+            "mask_stage": mask / 1e9,
+            "class_stage": cls / 1e9,
+            "infer_3stage": (bb_flops + rpn + mask + cls) / 1e9,
+            "infer_5stage": (bb_flops + rpn + 2 * (mask + cls)) / 1e9,
+        },
+    )
     results["meets_targets"] = {k: results["ratios"][k] <= v for k, v in TARGETS.items()}
     print(json.dumps(results, indent=2))
 

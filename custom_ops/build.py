@@ -149,9 +149,14 @@ def build(output_dir: str, with_cuda: bool | None = None, verbose: bool = True) 
                 _run(cmd, verbose)
                 objects.append(obj)
             lib_dir = os.path.join(home, "lib64")
-            extra_libs = ["-L", lib_dir, "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
+            # Static runtime, its symbols kept local: the library needs no libcudart at load
+            # time, and TensorFlow's global cudart stub cannot interpose on our calls.
+            extra_libs = ["-L", lib_dir, "-lcudart_static", "-Wl,--exclude-libs,libcudart_static.a"]
+            extra_libs += ["-ldl", "-lrt", "-lpthread"]
         tmp_lib = os.path.join(tmp, LIBRARY_NAME)
-        _run([cxx, "-shared", "-o", tmp_lib, *objects, *link_flags, *extra_libs], verbose)
+        # The CUDA runtime goes before TensorFlow's library, which exports a cudart stub of its
+        # own CUDA version: our kernels must talk to the runtime of the nvcc that built them.
+        _run([cxx, "-shared", "-o", tmp_lib, *objects, *extra_libs, *link_flags], verbose)
         target = os.path.join(output_dir, LIBRARY_NAME)
         # Copy then rename: a process that has the old library mapped keeps it intact.
         shutil.copyfile(tmp_lib, target + ".tmp")
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     cuda.add_argument("--no-cuda", dest="with_cuda", action="store_false")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     build(args.output_dir, with_cuda=args.with_cuda, verbose=not args.quiet)
 
 

@@ -155,13 +155,22 @@ class MNCConfig:
         need(self.short_side > 0, "short_side", "> 0")
         need(self.max_side >= self.short_side, "max_side", f">= short_side ({self.short_side})")
         need(self.max_instances >= 1, "max_instances", ">= 1")
-        need(self.input_normalization in _NORMALIZATIONS, "input_normalization",
-             f"one of {_NORMALIZATIONS}")  # fmt: skip
+        need(
+            self.input_normalization in _NORMALIZATIONS,
+            "input_normalization",
+            f"one of {_NORMALIZATIONS}",
+        )
         need(self.feature_stride is None or self.feature_stride > 0, "feature_stride", "> 0")
-        need(len(self.anchor_ratios) >= 1 and min(self.anchor_ratios) > 0, "anchor_ratios",
-             "a non-empty tuple of positive numbers")  # fmt: skip
-        need(len(self.anchor_scales) >= 1 and min(self.anchor_scales) > 0, "anchor_scales",
-             "a non-empty tuple of positive numbers")  # fmt: skip
+        need(
+            len(self.anchor_ratios) >= 1 and min(self.anchor_ratios) > 0,
+            "anchor_ratios",
+            "a non-empty tuple of positive numbers",
+        )
+        need(
+            len(self.anchor_scales) >= 1 and min(self.anchor_scales) > 0,
+            "anchor_scales",
+            "a non-empty tuple of positive numbers",
+        )
         need(self.anchor_base_size > 0, "anchor_base_size", "> 0")
         need(0 < self.rpn_nms_iou <= 1, "rpn_nms_iou", "in (0, 1]")
         need(0 < self.detection_nms_iou <= 1, "detection_nms_iou", "in (0, 1]")
@@ -170,17 +179,29 @@ class MNCConfig:
         need(self.rpn_pre_nms_topk_train >= 1, "rpn_pre_nms_topk_train", ">= 1")
         need(self.rpn_pre_nms_topk_test >= 1, "rpn_pre_nms_topk_test", ">= 1")
         need(0 < self.rpn_positive_fraction <= 1, "rpn_positive_fraction", "in (0, 1]")
-        need(self.rpn_negative_iou <= self.rpn_positive_iou, "rpn_negative_iou",
-             f"<= rpn_positive_iou ({self.rpn_positive_iou})")  # fmt: skip
+        need(
+            self.rpn_negative_iou <= self.rpn_positive_iou,
+            "rpn_negative_iou",
+            f"<= rpn_positive_iou ({self.rpn_positive_iou})",
+        )
         need(self.roi_batch_size_per_image >= 1, "roi_batch_size_per_image", ">= 1")
         need(0 < self.roi_fg_fraction <= 1, "roi_fg_fraction", "in (0, 1]")
-        need(0 <= self.roi_bg_iou_low <= self.roi_bg_iou_high, "roi_bg_iou_low",
-             f"in [0, roi_bg_iou_high ({self.roi_bg_iou_high})]")  # fmt: skip
+        need(
+            0 <= self.roi_bg_iou_low <= self.roi_bg_iou_high,
+            "roi_bg_iou_low",
+            f"in [0, roi_bg_iou_high ({self.roi_bg_iou_high})]",
+        )
         need(self.roi_crop_size >= 1, "roi_crop_size", ">= 1")
-        need(self.roi_pooled_size >= 1 and self.roi_crop_size % self.roi_pooled_size == 0,
-             "roi_pooled_size", f"a divisor of roi_crop_size ({self.roi_crop_size})")  # fmt: skip
-        need(self.class_pool_size >= 1 and self.roi_pooled_size % self.class_pool_size == 0,
-             "class_pool_size", f"a divisor of roi_pooled_size ({self.roi_pooled_size})")  # fmt: skip
+        need(
+            self.roi_pooled_size >= 1 and self.roi_crop_size % self.roi_pooled_size == 0,
+            "roi_pooled_size",
+            f"a divisor of roi_crop_size ({self.roi_crop_size})",
+        )
+        need(
+            self.class_pool_size >= 1 and self.roi_pooled_size % self.class_pool_size == 0,
+            "class_pool_size",
+            f"a divisor of roi_pooled_size ({self.roi_pooled_size})",
+        )
         need(self.mask_size >= 2, "mask_size", ">= 2")
         need(self.mask_fc_dim >= 1, "mask_fc_dim", ">= 1")
         need(self.fc_dim >= 1, "fc_dim", ">= 1")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnc_tf.ops import load_library, roi_warp, roi_warp_reference
+from mnc_tf.ops import OpLibraryNotFoundError, _loader, load_library, roi_warp, roi_warp_reference
 
 OPS = load_library()  # fails loudly (not a skip) when the library is missing
 
@@ -144,7 +144,8 @@ def test_unit_height_or_width_matches_reference(shape):
         ours = roi_warp(features, boxes, box_indices, 4, 2)
         reference = roi_warp_reference(features, boxes, box_indices, 4, 2)
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-6)
-    for a, b in zip(tape.gradient(ours, [features, boxes]), tape.gradient(reference, [features, boxes])):
+    ours_grads = tape.gradient(ours, [features, boxes])
+    for a, b in zip(ours_grads, tape.gradient(reference, [features, boxes]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -225,12 +226,14 @@ def test_numerical_gradient_features_and_boxes():
     features, boxes, box_indices = _kink_free_inputs()
 
     def f(features, boxes):
-        return roi_warp(features, boxes, box_indices, crop_size=4, pooled_size=2, spatial_scale=0.25)
+        return roi_warp(
+            features, boxes, box_indices, crop_size=4, pooled_size=2, spatial_scale=0.25
+        )
 
     theoretical, numerical = tf.test.compute_gradient(
         f, [tf.constant(features), tf.constant(boxes)], delta=1e-2
     )
-    for t, n in zip(theoretical, numerical):
+    for t, n in zip(theoretical, numerical, strict=True):
         np.testing.assert_allclose(t, n, rtol=0, atol=2e-3)
     # The box Jacobian is not trivially zero.
     assert np.abs(theoretical[1]).max() > 1e-2
@@ -256,7 +259,7 @@ def test_backward_is_deterministic():
         return [g.numpy() for g in tape.gradient(out, [features, boxes])]
 
     first, second = grads(), grads()
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -334,7 +337,9 @@ def test_static_bad_shapes_fail_at_trace_time():
     def warp(features):
         return roi_warp(features, GOOD["boxes"], GOOD["box_indices"], 4, 2)
 
-    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="features must be rank 4"):
+    with pytest.raises(
+        (ValueError, tf.errors.InvalidArgumentError), match="features must be rank 4"
+    ):
         warp(tf.zeros([4, 5, 3]))
 
 
@@ -351,6 +356,18 @@ def test_grad_op_checks_grads_shape():
         )
 
 
+def test_missing_library_error_says_how_to_build(monkeypatch, tmp_path):
+    monkeypatch.setattr(_loader, "LIBRARY_PATH", str(tmp_path / "_mnc_ops.so"))
+    load_library.cache_clear()
+    try:
+        with pytest.raises(OpLibraryNotFoundError, match=r"python custom_ops/build\.py"):
+            roi_warp(GOOD["features"], GOOD["boxes"], GOOD["box_indices"])
+    finally:
+        monkeypatch.undo()
+        load_library.cache_clear()
+    assert load_library() is not None
+
+
 @pytest.mark.skipif(
     not tf.config.list_physical_devices("GPU"),
     reason="no GPU visible to TensorFlow: the CUDA kernels are only compile-checked "
@@ -365,5 +382,5 @@ def test_gpu_matches_cpu():
             out = roi_warp(features, boxes, box_indices, 28, 14)
             grads = tape.gradient(out, [features, boxes])
         results.append([out.numpy()] + [g.numpy() for g in grads])
-    for cpu, gpu in zip(*results):
+    for cpu, gpu in zip(*results, strict=True):
         np.testing.assert_allclose(gpu, cpu, rtol=1e-5, atol=1e-5 * max(1, np.abs(cpu).max()))

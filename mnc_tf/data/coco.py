@@ -523,18 +523,15 @@ class CocoSource:
         randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         ds = tf.data.Dataset.zip((ds, randoms))
 
-        max_instances = self.max_instances
-
         def prepare(example, random):
-            image, info, boxes, labels, masks = preprocess.prepare_example(
+            image, info, boxes, labels, masks = preprocess.augment_example(
                 example["image"],
                 example["boxes"],
                 example["labels"],
                 example["masks"],
                 short_side=short_side,
                 max_side=max_side,
-                pad_to=pad_to,
-                max_instances=max_instances,
+                max_size=pad_to,
                 flip=flip,
                 scale_jitter=scale_jitter,
                 seed=random,
@@ -544,7 +541,27 @@ class CocoSource:
             return features, targets
 
         ds = ds.map(prepare, num_parallel_calls=num_parallel_calls)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        # Padding happens while batching: padded_batch writes each padded batch once, where
+        # padding every element first would allocate and copy the (mostly zero) [N, Hp, Wp]
+        # masks twice. The loader already cut instances to max_instances, and the resize
+        # cap keeps every image within pad_to, so the fixed shapes always fit.
+        hp, wp, n = pad_to[0], pad_to[1], self.max_instances
+        ds = ds.padded_batch(
+            batch_size,
+            padded_shapes=(
+                {"images": [hp, wp, 3], "image_info": [4, 2], "image_id": []},
+                {"boxes": [n, 4], "labels": [n], "masks": [n, hp, wp]},
+            ),
+            padding_values=(
+                {"images": 0.0, "image_info": 0.0, "image_id": tf.constant(0, tf.int64)},
+                {
+                    "boxes": -1.0,
+                    "labels": -1,
+                    "masks": tf.constant(0, tf.uint8),
+                },
+            ),
+            drop_remainder=drop_remainder,
+        )
         ds = ds.prefetch(tf.data.AUTOTUNE)
         options = tf.data.Options()
         options.deterministic = True

@@ -189,7 +189,7 @@ def pad_instances(boxes, labels, masks, max_instances, size):
     return boxes, labels, masks
 
 
-def prepare_example(
+def augment_example(
     image,
     boxes,
     labels,
@@ -197,27 +197,27 @@ def prepare_example(
     *,
     short_side,
     max_side,
-    pad_to,
-    max_instances,
+    max_size=None,
     flip=False,
     scale_jitter=None,
     seed=None,
 ):
-    """Resize, (randomly flip / jitter,) and pad one decoded example.
+    """Resize and (randomly) flip / scale-jitter one decoded example; no padding.
 
     Args:
       image: uint8 ``[H, W, 3]`` original image.
       boxes: float32 ``[n, 4]`` yxyx original pixels; labels: int32 ``[n]``;
       masks: uint8 ``[n, H, W]``.
-      short_side, max_side: resize targets; pad_to: ``(Hp, Wp)``; max_instances: ``N``.
+      short_side, max_side: resize targets.
+      max_size: optional ``(H_max, W_max)`` the resized image must fit (the padded size).
       flip: random horizontal flip with probability 0.5.
       scale_jitter: ``None`` or ``(low, high)`` factor on both sides.
       seed: int64/int32 scalar tensor; every random choice derives a stateless seed from it,
         so an element's augmentation is a pure function of ``seed``.
 
     Returns:
-      ``(image [Hp, Wp, 3] float32, image_info [4, 2], boxes [N, 4], labels [N],
-      masks [N, Hp, Wp] uint8)``.
+      ``(image [h, w, 3] float32, image_info [4, 2], boxes [n, 4], labels [n],
+      masks [n, h, w] uint8)`` in resized-image pixels.
     """
     if (flip or scale_jitter) and seed is None:
         raise ValueError("seed is required when flip or scale_jitter is on")
@@ -226,7 +226,7 @@ def prepare_example(
         factor = random_scale_factor(_subseed(seed, 1), scale_jitter)
         short_side = tf.cast(short_side, tf.float32) * factor
         max_side = tf.cast(max_side, tf.float32) * factor
-    new_h, new_w = scaled_size(shape[0], shape[1], short_side, max_side, max_size=pad_to)
+    new_h, new_w = scaled_size(shape[0], shape[1], short_side, max_side, max_size=max_size)
     new_size = tf.stack([new_h, new_w])
     info = image_info((shape[0], shape[1]), (new_h, new_w))
     # Images already at the target size (pre-resized datasets, scale 1) skip the resampling,
@@ -243,6 +243,20 @@ def prepare_example(
     boxes = box_ops.clip(scale_boxes(boxes, info), tf.cast(new_size, tf.float32))
     if flip:
         image, boxes, masks = random_flip(image, boxes, masks, _subseed(seed, 2))
+    return image, info, boxes, labels, masks
+
+
+def prepare_example(image, boxes, labels, masks, *, pad_to, max_instances, **kwargs):
+    """:func:`augment_example` then pad to ``pad_to = (Hp, Wp)`` and ``max_instances``.
+
+    Returns:
+      ``(image [Hp, Wp, 3] float32, image_info [4, 2], boxes [N, 4], labels [N],
+      masks [N, Hp, Wp] uint8)``, padding as in :func:`pad_instances`. (The pipeline pads
+      in ``padded_batch`` instead, which writes each padded batch once.)
+    """
+    image, info, boxes, labels, masks = augment_example(
+        image, boxes, labels, masks, max_size=pad_to, **kwargs
+    )
     image = pad_image(image, pad_to)
     boxes, labels, masks = pad_instances(boxes, labels, masks, max_instances, pad_to)
     return image, info, boxes, labels, masks

@@ -41,8 +41,7 @@ class RoIWarp(keras.layers.Layer):
         super().__init__(**kwargs)
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(
-                f"implementation must be one of {IMPLEMENTATIONS}, "
-                f"got {implementation!r}"
+                f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
             )
         if crop_size < 1 or pooled_size < 1 or crop_size % pooled_size:
             raise ValueError(

@@ -48,7 +48,9 @@ class StageDef:
 def cascade_stages(num_stages):
     """The stage list of an ``num_stages``-stage MNC (odd, ≥ 3; stage 1 is the RPN)."""
     if not isinstance(num_stages, int) or num_stages < 3 or num_stages % 2 == 0:
-        raise ValueError(f"num_stages must be an odd int >= 3 (3 or 5 in the paper), got {num_stages!r}")
+        raise ValueError(
+            f"num_stages must be an odd int >= 3 (3 or 5 in the paper), got {num_stages!r}"
+        )
     stages = []
     for number in range(2, num_stages + 1):
         kind = MASK if number % 2 == 0 else CLASS

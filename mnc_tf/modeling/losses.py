@@ -8,7 +8,7 @@ import tensorflow as tf
 
 
 def smooth_l1(x, beta):
-    """Elementwise smooth-L1 (Huber / beta): ``0.5·x²/beta`` if ``|x| < beta`` else ``|x| - beta/2``."""
+    """Elementwise smooth-L1: ``0.5·x²/beta`` if ``|x| < beta`` else ``|x| - beta/2``."""
     ax = tf.abs(x)
     if beta <= 0:
         return ax

@@ -69,8 +69,16 @@ class MNC(keras.Model):
     ``masks [B, N, H, W]`` padded with label -1. Every loss term is logged.
     """
 
-    def __init__(self, num_classes, backbone="vgg16", num_stages=5, config=None,
-                 class_names=None, category_ids=None, **overrides):  # fmt: skip
+    def __init__(
+        self,
+        num_classes,
+        backbone="vgg16",
+        num_stages=5,
+        config=None,
+        class_names=None,
+        category_ids=None,
+        **overrides,
+    ):
         model_kwargs = {k: overrides.pop(k) for k in _MODEL_KWARGS if k in overrides}
         model_kwargs.setdefault("name", "mnc")
         if config is None:
@@ -94,8 +102,7 @@ class MNC(keras.Model):
             )
         if category_ids is not None and len(category_ids) != num_classes:
             raise ValueError(
-                f"category_ids must have num_classes={num_classes} entries, "
-                f"got {len(category_ids)}"
+                f"category_ids must have num_classes={num_classes} entries, got {len(category_ids)}"
             )
         self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.category_ids = None if category_ids is None else [int(c) for c in category_ids]
@@ -181,7 +188,7 @@ class MNC(keras.Model):
             raise ValueError(f"targets['masks'] must be [B, N, H, W], got {tuple(masks.shape)}")
         if boxes.shape[1] == 0:
             raise ValueError("targets must have N >= 1 instance slots (pad with label -1)")
-        for i, (a, b) in enumerate(zip(masks.shape[2:], images.shape[1:3])):
+        for i, (a, b) in enumerate(zip(masks.shape[2:], images.shape[1:3], strict=True)):
             if a is not None and b is not None and a != b:
                 raise ValueError(
                     f"targets['masks'] spatial size must equal the images' "
@@ -210,9 +217,15 @@ class MNC(keras.Model):
         cfg = self.config
         features, logits, deltas, anchors = self._features(images, training)
         proposals, _, valid = generate_proposals(
-            logits, deltas, anchors, image_size, cfg.rpn_pre_nms_topk_test,
-            cfg.rpn_post_nms_topk_test, cfg.rpn_nms_iou, cfg.rpn_min_size,
-        )  # fmt: skip
+            logits,
+            deltas,
+            anchors,
+            image_size,
+            cfg.rpn_pre_nms_topk_test,
+            cfg.rpn_post_nms_topk_test,
+            cfg.rpn_nms_iou,
+            cfg.rpn_min_size,
+        )
         boxes, masks, probs, valid = self.cascade.infer(
             features, image_size, proposals, valid, training=training
         )
@@ -255,9 +268,15 @@ class MNC(keras.Model):
         grad_scale = tf.cast(loss_scale, tf.float32) / tf.cast(batch * replicas, tf.float32)
         prop_deltas = clip_gradient(deltas, cfg.proposal_gradient_clip, grad_scale)
         proposals, _, valid = generate_proposals(
-            logits, prop_deltas, anchors, image_size, cfg.rpn_pre_nms_topk_train,
-            cfg.rpn_post_nms_topk_train, cfg.rpn_nms_iou, cfg.rpn_min_size,
-        )  # fmt: skip
+            logits,
+            prop_deltas,
+            anchors,
+            image_size,
+            cfg.rpn_pre_nms_topk_train,
+            cfg.rpn_post_nms_topk_train,
+            cfg.rpn_nms_iou,
+            cfg.rpn_min_size,
+        )
         roi_keys = sampling.uniform(
             seeds, tf.shape(proposals)[1] + tf.shape(gt["boxes"])[1], sampling.SALT_ROIS
         )
@@ -265,9 +284,7 @@ class MNC(keras.Model):
             proposals, valid, gt["boxes"], gt["labels"], gt["valid"], roi_keys, cfg
         )
         per_image = {"rpn_cls_loss": rpn_cls, "rpn_box_loss": rpn_box}
-        per_image.update(
-            self.cascade.train(features, image_size, sample, gt, grad_scale, training)
-        )
+        per_image.update(self.cascade.train(features, image_size, sample, gt, grad_scale, training))
         out = {name: tf.reduce_mean(per_image[name]) for name in self.loss_names}
         out["loss"] = tf.add_n([self._loss_weight(name) * out[name] for name in self.loss_names])
         return out
@@ -289,8 +306,10 @@ class MNC(keras.Model):
         if loss is not None:
             raise ValueError("loss must be None: MNC computes its own losses (see compute_losses)")
         if jit_compile not in (False, None, "auto"):
-            warnings.warn("MNC.compile: jit_compile forced to False (the RoI warp op has no XLA kernel)",
-                          stacklevel=2)  # fmt: skip
+            warnings.warn(
+                "MNC.compile: jit_compile forced to False (the RoI warp op has no XLA kernel)",
+                stacklevel=2,
+            )
         if optimizer is None:
             optimizer = build_optimizer(self.config)
         super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
@@ -312,7 +331,7 @@ class MNC(keras.Model):
             loss = self.optimizer.scale_loss(_scale_for_replicas(terms["loss"]))
         variables = self.trainable_weights
         grads = tape.gradient(loss, variables)
-        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
         self.optimizer.apply_gradients(pairs)
         return self._update_trackers(terms)
 
@@ -327,7 +346,9 @@ class MNC(keras.Model):
             self._loss_tracker.update_state(terms["loss"])
         for tracker in self.loss_trackers:
             tracker.update_state(terms[tracker.name])
-        logs = {"loss": terms["loss"] if self._loss_tracker is None else self._loss_tracker.result()}
+        logs = {
+            "loss": terms["loss"] if self._loss_tracker is None else self._loss_tracker.result()
+        }
         logs.update({t.name: t.result() for t in self.loss_trackers})
         return logs
 

@@ -10,8 +10,9 @@ class StepWithWarmup(keras.optimizers.schedules.LearningRateSchedule):
     ``drop_fraction`` of ``total_steps`` (paper: 1e-3 for 32k iterations then 1e-4 for 8k).
     """
 
-    def __init__(self, learning_rate, total_steps, drop_fraction=0.2, drop_factor=0.1,
-                 warmup_steps=0):  # fmt: skip
+    def __init__(
+        self, learning_rate, total_steps, drop_fraction=0.2, drop_factor=0.1, warmup_steps=0
+    ):
         self.learning_rate = float(learning_rate)
         self.total_steps = int(total_steps)
         self.drop_fraction = float(drop_fraction)

@@ -96,7 +96,8 @@ def vote_masks(det_boxes, det_classes, own_masks, boxes, mask_probs, class_probs
     src_boxes = tf.gather(boxes, top_j, batch_dims=1)  # [B, K, T, 4]
     resampled = masks.resample_masks(src_masks, src_boxes, det_boxes[:, :, None, :])
     total = tf.reduce_sum(top_w, axis=2)  # [B, K]
-    voted = tf.reduce_sum(top_w[..., None, None] * resampled, axis=2) / tf.maximum(
-        total, 1e-12
-    )[..., None, None]
+    voted = (
+        tf.reduce_sum(top_w[..., None, None] * resampled, axis=2)
+        / tf.maximum(total, 1e-12)[..., None, None]
+    )
     return tf.where((total > 0)[..., None, None], voted, own_masks)

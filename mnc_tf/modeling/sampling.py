@@ -70,9 +70,7 @@ def select_random(candidates, num, keys, max_num):
     num = tf.cast(num, tf.int32)
     kth = tf.gather(top, tf.clip_by_value(num - 1, 0, k - 1), batch_dims=1)  # [B]
     # Keys are distinct with probability 1, so ">= kth" keeps exactly min(num, count) entries.
-    return tf.logical_and(
-        tf.logical_and(candidates, values >= kth[:, None]), (num > 0)[:, None]
-    )
+    return tf.logical_and(tf.logical_and(candidates, values >= kth[:, None]), (num > 0)[:, None])
 
 
 def count(mask):

@@ -63,4 +63,3 @@ def make_shapes(n, size=64, max_instances=4, seed=0):
             labels[i, j] = label
             masks[i, j] = m
     return images, {"boxes": boxes, "labels": labels, "masks": masks}
-

@@ -99,7 +99,11 @@ def np_detect(boxes, masks, probs, valid, cfg):
     """Per-class greedy NMS, top K by score, then mask voting — loops, one image."""
     cands = []
     for c in range(1, probs.shape[1]):
-        order = [j for j in np.argsort(-probs[:, c]) if valid[j] and probs[j, c] > cfg.detection_score_threshold]
+        order = [
+            j
+            for j in np.argsort(-probs[:, c])
+            if valid[j] and probs[j, c] > cfg.detection_score_threshold
+        ]
         kept = []
         for j in order:
             if all(np_iou1(boxes[j], boxes[k]) <= cfg.detection_nms_iou for k in kept):
@@ -108,7 +112,7 @@ def np_detect(boxes, masks, probs, valid, cfg):
     cands.sort(key=lambda t: -t[0])
     cands = cands[: cfg.max_detections]
     out_masks = []
-    for score, j, c in cands:
+    for _score, j, c in cands:
         num = np.zeros(masks.shape[1:])
         den = 0.0
         for i in range(len(boxes)):
@@ -142,16 +146,22 @@ def test_detect_per_class_nms_and_mask_voting_match_numpy():
     # Voting actually changed something (several overlapping candidates per detection).
     assert not np.allclose(out["masks"][0, :k], masks[[c[1] for c in cands]], atol=1e-3)
 
-    no_vote = detect(boxes[None], masks[None], probs[None], valid[None],
-                     cfg.replace(mask_voting=False))  # fmt: skip
+    no_vote = detect(
+        boxes[None], masks[None], probs[None], valid[None], cfg.replace(mask_voting=False)
+    )
     np.testing.assert_allclose(no_vote["masks"][0, :k], masks[[c[1] for c in cands]])
 
 
 def test_detect_pads_empty_results():
     cfg = MNCConfig(max_detections=5, detection_score_threshold=0.5, mask_size=4)
     probs = np.tile([[0.9, 0.05, 0.05]], (6, 1)).astype(np.float32)  # all background
-    out = detect(tf.zeros([1, 6, 4]) + [0, 0, 5, 5], tf.ones([1, 6, 4, 4]), probs[None],
-                 tf.ones([1, 6], tf.bool), cfg)  # fmt: skip
+    out = detect(
+        tf.zeros([1, 6, 4]) + [0, 0, 5, 5],
+        tf.ones([1, 6, 4, 4]),
+        probs[None],
+        tf.ones([1, 6], tf.bool),
+        cfg,
+    )
     assert int(out["num_detections"][0]) == 0
     assert out["boxes"].shape == (1, 5, 4) and out["masks"].shape == (1, 5, 4, 4)
     assert out["classes"].dtype == tf.int32 and np.all(out["classes"] == 0)

@@ -1,11 +1,11 @@
 """The MNC keras.Model: shapes per stage, errors, gradient paths, save/load, fit."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from modeling_testutil import make_shapes, make_tiny_config
 
-import keras
 from mnc_tf.config import MNCConfig
 from mnc_tf.modeling import MNC
 from mnc_tf.modeling.stage1_rpn.proposals import generate_proposals
@@ -24,7 +24,15 @@ def batch():
 
 def test_outputs_shapes_and_dtypes(model5, batch):
     images, _ = batch
-    for inputs in (images, {"images": images, "image_info": np.tile([[[64, 64], [64, 64], [1, 1], [0, 0]]], (2, 1, 1)).astype(np.float32)}):
+    for inputs in (
+        images,
+        {
+            "images": images,
+            "image_info": np.tile([[[64, 64], [64, 64], [1, 1], [0, 0]]], (2, 1, 1)).astype(
+                np.float32
+            ),
+        },
+    ):
         out = model5(inputs, training=False)
         assert set(out) == {"boxes", "scores", "classes", "masks", "num_detections"}
         assert out["boxes"].shape == (2, 10, 4) and out["boxes"].dtype == tf.float32
@@ -35,7 +43,7 @@ def test_outputs_shapes_and_dtypes(model5, batch):
         k = out["num_detections"].numpy()
         for b in range(2):
             assert np.all(out["classes"][b, : k[b]] >= 1) and np.all(out["classes"][b, : k[b]] <= 3)
-            assert np.all(out["classes"][b, k[b]:] == 0)
+            assert np.all(out["classes"][b, k[b] :] == 0)
             assert np.all(out["boxes"][b, : k[b], 2:] <= 64.0 + 1e-4)
     pasted = model5.full_image_masks(out, (64, 64))
     assert pasted.shape == (2, 10, 64, 64) and pasted.dtype == tf.uint8
@@ -57,7 +65,9 @@ def test_every_stage_shapes(model5, batch):
     assert mask_logits.shape == (64, 14, 14) and mask_logits.dtype == tf.float32
     cls_logits, box_deltas = model5.class_head(warped, tf.sigmoid(mask_logits))
     assert cls_logits.shape == (64, 4) and box_deltas.shape == (64, 4, 4)
-    boxes, masks, probs, valid_all = model5.cascade.infer(features, [[64.0, 64.0]] * 2, props, valid)
+    boxes, masks, probs, valid_all = model5.cascade.infer(
+        features, [[64.0, 64.0]] * 2, props, valid
+    )
     assert boxes.shape == (2, 64, 4) and masks.shape == (2, 64, 14, 14)  # 2 class stages merged
     assert probs.shape == (2, 64, 4) and valid_all.shape == (2, 64)
     np.testing.assert_allclose(tf.reduce_sum(probs, -1), np.ones((2, 64)), rtol=1e-5)
@@ -66,8 +76,16 @@ def test_every_stage_shapes(model5, batch):
 def test_losses_and_names(model5, batch):
     images, targets = batch
     losses = model5.compute_losses({"images": images, "image_id": np.array([1, 2])}, targets)
-    expected = ["rpn_cls_loss", "rpn_box_loss", "mask_loss", "cls_loss", "box_loss",
-                "mask_loss_4", "cls_loss_5", "box_loss_5"]  # fmt: skip
+    expected = [
+        "rpn_cls_loss",
+        "rpn_box_loss",
+        "mask_loss",
+        "cls_loss",
+        "box_loss",
+        "mask_loss_4",
+        "cls_loss_5",
+        "box_loss_5",
+    ]
     assert model5.loss_names == expected
     assert set(losses) == set(expected) | {"loss"}
     for v in losses.values():
@@ -158,9 +176,14 @@ _ALL_PROPOSALS = dict(rpn_pre_nms_topk_train=1000, rpn_post_nms_topk_train=200)
 @pytest.mark.parametrize("box_gradient", [True, False])
 def test_mask_loss_reaches_rpn_box_regression(box_gradient):
     keras.utils.set_random_seed(0)
-    model = MNC(1, backbone="tiny", num_stages=3,
-                config=make_tiny_config(box_gradient=box_gradient, add_gt_as_proposals=False,
-                                        **_ALL_PROPOSALS))  # fmt: skip
+    model = MNC(
+        1,
+        backbone="tiny",
+        num_stages=3,
+        config=make_tiny_config(
+            box_gradient=box_gradient, add_gt_as_proposals=False, **_ALL_PROPOSALS
+        ),
+    )
     images, targets = _gt_on_anchor()
     kernel = model.rpn_head.box_kernel
     with tf.GradientTape() as tape:
@@ -175,8 +198,12 @@ def test_mask_loss_reaches_rpn_box_regression(box_gradient):
 
 def test_class_loss_reaches_mask_head():
     keras.utils.set_random_seed(1)
-    model = MNC(1, backbone="tiny", num_stages=3,
-                config=make_tiny_config(cls_mask_iou_threshold=0.0, **_ALL_PROPOSALS))  # fmt: skip
+    model = MNC(
+        1,
+        backbone="tiny",
+        num_stages=3,
+        config=make_tiny_config(cls_mask_iou_threshold=0.0, **_ALL_PROPOSALS),
+    )
     images, targets = _gt_on_anchor()
     with tf.GradientTape() as tape:
         losses = model.compute_losses(images, targets)
@@ -187,8 +214,14 @@ def test_class_loss_reaches_mask_head():
 
 def test_save_load_round_trip(tmp_path, batch):
     images, _ = batch
-    model = MNC(3, backbone="tiny", num_stages=5, config=make_tiny_config(),
-                class_names=["square", "disc", "other"], category_ids=[10, 20, 30])  # fmt: skip
+    model = MNC(
+        3,
+        backbone="tiny",
+        num_stages=5,
+        config=make_tiny_config(),
+        class_names=["square", "disc", "other"],
+        category_ids=[10, 20, 30],
+    )
     before = model.predict(images, verbose=0)
     path = str(tmp_path / "m.keras")
     model.save(path)
@@ -203,7 +236,13 @@ def test_save_load_round_trip(tmp_path, batch):
 
 def test_layers_serialise():
     model = MNC(2, backbone="tiny", num_stages=3, config=make_tiny_config())
-    for layer in [model.rpn_head, model.mask_head, model.class_head, model.roi_warp, model.normalizer]:
+    for layer in [
+        model.rpn_head,
+        model.mask_head,
+        model.class_head,
+        model.roi_warp,
+        model.normalizer,
+    ]:
         clone = type(layer).from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()
 
@@ -222,13 +261,20 @@ def test_user_backbone_contract(tmp_path, batch):
     out = model.predict(images, verbose=0)
     path = str(tmp_path / "u.keras")
     model.save(path)
-    np.testing.assert_array_equal(keras.models.load_model(path).predict(images, verbose=0)["masks"],
-                                  out["masks"])  # fmt: skip
+    np.testing.assert_array_equal(
+        keras.models.load_model(path).predict(images, verbose=0)["masks"], out["masks"]
+    )
 
 
 def test_compile_defaults_are_the_papers():
-    model = MNC(2, backbone="tiny", num_stages=3, config=make_tiny_config(
-        optimizer="sgd", learning_rate=1e-3, weight_decay=5e-4, warmup_steps=0, total_steps=100))  # fmt: skip
+    model = MNC(
+        2,
+        backbone="tiny",
+        num_stages=3,
+        config=make_tiny_config(
+            optimizer="sgd", learning_rate=1e-3, weight_decay=5e-4, warmup_steps=0, total_steps=100
+        ),
+    )
     model.compile()
     opt = model.optimizer
     assert isinstance(opt, keras.optimizers.SGD)
@@ -236,15 +282,23 @@ def test_compile_defaults_are_the_papers():
     assert model.jit_compile is False
     lr = opt.learning_rate  # the schedule, evaluated at a step
     sched = opt._learning_rate
-    np.testing.assert_allclose([float(sched(s)) for s in (0, 79, 80, 99)], [1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-6)
+    np.testing.assert_allclose(
+        [float(sched(s)) for s in (0, 79, 80, 99)], [1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-6
+    )
     assert lr is not None
 
 
 def test_fit_learns_and_logs_every_term(tmp_path):
     images, targets = make_shapes(4, seed=3)
     keras.utils.set_random_seed(0)
-    model = MNC(2, backbone="tiny", num_stages=5, config=make_tiny_config(
-        learning_rate=2e-3, warmup_steps=10, total_steps=1000, cls_mask_iou_threshold=0.5))  # fmt: skip
+    model = MNC(
+        2,
+        backbone="tiny",
+        num_stages=5,
+        config=make_tiny_config(
+            learning_rate=2e-3, warmup_steps=10, total_steps=1000, cls_mask_iou_threshold=0.5
+        ),
+    )
     model.compile()
     ds = tf.data.Dataset.from_tensor_slices(({"images": images}, targets)).batch(2).repeat()
     hist = model.fit(ds, steps_per_epoch=30, epochs=4, verbose=0, validation_data=ds.take(1))
@@ -261,8 +315,10 @@ def test_fit_learns_and_logs_every_term(tmp_path):
             gt = targets["masks"][i, j].astype(bool)
             k = out["num_detections"][i]
             same = [d for d in range(k) if out["classes"][i, d] == targets["labels"][i, j]]
-            ious = [(gt & pasted[i, d].astype(bool)).sum() / (gt | pasted[i, d].astype(bool)).sum()
-                    for d in same]  # fmt: skip
+            ious = [
+                (gt & pasted[i, d].astype(bool)).sum() / (gt | pasted[i, d].astype(bool)).sum()
+                for d in same
+            ]
             assert max(ious, default=0.0) > 0.7, (i, j, ious)
 
 
@@ -285,8 +341,12 @@ def test_mixed_precision_trains_without_nans(policy):
 
 def test_standard_backbones_build_at_stride_16():
     for name, channels in [("vgg16", 512), ("resnet50", 1024)]:
-        model = MNC(2, backbone=name, num_stages=3,
-                    config=MNCConfig(fc_dim=16, mask_fc_dim=16, rpn_conv_filters=16))  # fmt: skip
+        model = MNC(
+            2,
+            backbone=name,
+            num_stages=3,
+            config=MNCConfig(fc_dim=16, mask_fc_dim=16, rpn_conv_filters=16),
+        )
         feats = model.backbone(model.normalizer(tf.zeros([1, 64, 96, 3])))
         assert feats.shape == (1, 4, 6, channels), name
         assert model.feature_stride == 16 and model.normalizer.mode == "caffe"

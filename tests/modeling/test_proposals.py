@@ -56,18 +56,29 @@ def test_generate_proposals_matches_reference():
     deltas = rng.normal(scale=0.2, size=(2, a, 4)).astype(np.float32)
     image_size = np.array([[64, 64], [48, 56]], np.float32)
     boxes, scores, valid = generate_proposals(
-        logits, deltas, anchors, image_size, pre_nms_topk=150, post_nms_topk=60, nms_iou=0.7,
+        logits,
+        deltas,
+        anchors,
+        image_size,
+        pre_nms_topk=150,
+        post_nms_topk=60,
+        nms_iou=0.7,
         min_size=6.0,
-    )  # fmt: skip
+    )
     assert boxes.shape == (2, 60, 4) and scores.shape == (2, 60) and valid.dtype == tf.bool
     for b in range(2):
         order = np.argsort(-logits[b], kind="stable")[:150]
         dec = _np_decode(deltas[b][order], anchors[order])
         h, w = image_size[b]
         dec = np.stack(
-            [np.clip(dec[:, 0], 0, h), np.clip(dec[:, 1], 0, w), np.clip(dec[:, 2], 0, h),
-             np.clip(dec[:, 3], 0, w)], -1,
-        )  # fmt: skip
+            [
+                np.clip(dec[:, 0], 0, h),
+                np.clip(dec[:, 1], 0, w),
+                np.clip(dec[:, 2], 0, h),
+                np.clip(dec[:, 3], 0, w),
+            ],
+            -1,
+        )
         ok = ((dec[:, 2] - dec[:, 0]) >= 6) & ((dec[:, 3] - dec[:, 1]) >= 6)
         prob = 1 / (1 + np.exp(-logits[b][order]))
         keep = tf.image.non_max_suppression(dec[ok], prob[ok], 60, 0.7).numpy()

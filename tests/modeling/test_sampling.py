@@ -55,9 +55,13 @@ def test_label_anchors_ignores_cross_border_and_empty_images():
     anchors = grid_anchors(4, 4, 8, cell_anchors(8, (1.0,), (2, 6))).numpy()
     gt = -np.ones((1, 2, 4), np.float32)
     keys = tf.random.stateless_uniform([1, len(anchors)], seed=[3, 4])
-    labels, _ = label_anchors(anchors, gt, np.zeros((1, 2), bool), np.array([[32.0, 32.0]]), keys, cfg)
+    labels, _ = label_anchors(
+        anchors, gt, np.zeros((1, 2), bool), np.array([[32.0, 32.0]]), keys, cfg
+    )
     labels = labels.numpy()[0]
-    outside = (anchors[:, 0] < 0) | (anchors[:, 1] < 0) | (anchors[:, 2] > 32) | (anchors[:, 3] > 32)
+    outside = (
+        (anchors[:, 0] < 0) | (anchors[:, 1] < 0) | (anchors[:, 2] > 32) | (anchors[:, 3] > 32)
+    )
     assert np.all(labels[outside] == -1)
     assert not np.any(labels == 1)  # no GT → only negatives
     assert (labels == 0).sum() == min(32, (~outside).sum())
@@ -67,8 +71,12 @@ def _roi_case(seed=0):
     rng = np.random.default_rng(seed)
     gt = np.array([[20, 20, 60, 60], [70, 10, 110, 50], [-1, -1, -1, -1]], np.float32)
     jitter = rng.normal(scale=6, size=(100, 4))
-    props = np.concatenate([gt[rng.integers(0, 2, 100)] + jitter,
-                            rng.uniform(0, 100, (100, 2)).repeat(2, 1) + [0, 0, 20, 25]])  # fmt: skip
+    props = np.concatenate(
+        [
+            gt[rng.integers(0, 2, 100)] + jitter,
+            rng.uniform(0, 100, (100, 2)).repeat(2, 1) + [0, 0, 20, 25],
+        ]
+    )
     return props.astype(np.float32), gt
 
 
@@ -76,8 +84,15 @@ def test_sample_rois_fractions_and_labels():
     cfg = MNCConfig(roi_batch_size_per_image=64)
     props, gt = _roi_case()
     keys = tf.random.stateless_uniform([1, 203], seed=[5, 6])
-    out = sample_rois(props[None], np.ones((1, 200), bool), gt[None], np.array([[2, 3, -1]]),
-                      np.array([[True, True, False]]), keys, cfg)  # fmt: skip
+    out = sample_rois(
+        props[None],
+        np.ones((1, 200), bool),
+        gt[None],
+        np.array([[2, 3, -1]]),
+        np.array([[True, True, False]]),
+        keys,
+        cfg,
+    )
     rois, valid, fg = out["rois"].numpy()[0], out["valid"].numpy()[0], out["fg"].numpy()[0]
     assert rois.shape == (64, 4) and valid.all()
     assert fg.sum() == 16  # 25 % of 64: there are many more fg candidates than that
@@ -99,8 +114,15 @@ def test_sample_rois_includes_gt_and_pads():
     gt = np.array([[[10, 10, 30, 30], [-1, -1, -1, -1]]], np.float32)
     far = np.array([[[50, 50, 60, 60], [0, 0, 0, 0]]], np.float32)
     keys = tf.random.stateless_uniform([1, 4], seed=[0, 1])
-    out = sample_rois(far, np.array([[True, False]]), gt, np.array([[1, -1]]),
-                      np.array([[True, False]]), keys, cfg)  # fmt: skip
+    out = sample_rois(
+        far,
+        np.array([[True, False]]),
+        gt,
+        np.array([[1, -1]]),
+        np.array([[True, False]]),
+        keys,
+        cfg,
+    )
     # Candidates: 1 valid proposal (bg) + 1 GT (fg): the rest are invalid padding rows.
     assert out["valid"].numpy().sum() == 2
     assert out["fg"].numpy().sum() == 1

@@ -17,7 +17,12 @@ from mnc_tf.modeling.backbones.tiny import build_tiny
 from mnc_tf.modeling.backbones.vgg16 import build_vgg16
 
 BACKBONES = ("vgg16", "resnet50", "resnet101", "tiny")
-_DEFAULT_NORMALIZATION = {"vgg16": "caffe", "resnet50": "caffe", "resnet101": "caffe", "tiny": "scale"}
+_DEFAULT_NORMALIZATION = {
+    "vgg16": "caffe",
+    "resnet50": "caffe",
+    "resnet101": "caffe",
+    "tiny": "scale",
+}
 
 # keras.applications' "caffe" preprocessing: BGR order, ImageNet channel means subtracted.
 CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
@@ -81,8 +86,9 @@ def build_backbone(backbone, config):
     norm = config.input_normalization or _DEFAULT_NORMALIZATION[backbone]
     if backbone == "tiny":
         stride = config.feature_stride or 16
-        model = build_tiny(stride, config.tiny_filters, config.tiny_convs_per_stage,
-                           config.tiny_out_channels)  # fmt: skip
+        model = build_tiny(
+            stride, config.tiny_filters, config.tiny_convs_per_stage, config.tiny_out_channels
+        )
         if weights is not None:
             model.load_weights(weights)
         return model, stride, norm

@@ -2,7 +2,10 @@
 
 import keras
 
-_CUTS = {"resnet50": ("ResNet50", "conv4_block6_out"), "resnet101": ("ResNet101", "conv4_block23_out")}
+_CUTS = {
+    "resnet50": ("ResNet50", "conv4_block6_out"),
+    "resnet101": ("ResNet101", "conv4_block23_out"),
+}
 
 
 def build_resnet(name, weights=None, freeze_early_layers=True):

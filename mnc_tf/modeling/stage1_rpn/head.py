@@ -22,13 +22,15 @@ class RPNHead(keras.layers.Layer):
         self.filters = int(filters)
         init = keras.initializers.RandomNormal(stddev=0.01)
         self.conv = keras.layers.Conv2D(
-            self.filters, 3, padding="same", activation="relu", kernel_initializer=init,
+            self.filters,
+            3,
+            padding="same",
+            activation="relu",
+            kernel_initializer=init,
             name="conv",
-        )  # fmt: skip
-        self.cls = keras.layers.Conv2D(self.num_anchors, 1, kernel_initializer=init, name="cls")
-        self.box = keras.layers.Conv2D(
-            4 * self.num_anchors, 1, kernel_initializer=init, name="box"
         )
+        self.cls = keras.layers.Conv2D(self.num_anchors, 1, kernel_initializer=init, name="cls")
+        self.box = keras.layers.Conv2D(4 * self.num_anchors, 1, kernel_initializer=init, name="box")
 
     def build(self, input_shape):
         self.conv.build(input_shape)

@@ -8,50 +8,15 @@ cell ``k`` is centred at pixel ``(k + 0.5)/s``. :func:`warp_rois` converts the b
 differentiable map), so warped features and mask targets see the same points.
 """
 
-import logging
-
-import keras
 import tensorflow as tf
 
-from mnc_tf import ops
 from mnc_tf.layers import RoIWarp
-
-_logger = logging.getLogger(__name__)
-
-
-@keras.saving.register_keras_serializable(package="mnc_tf")
-class ReferenceRoIWarp(keras.layers.Layer):
-    """Stand-in for ``RoIWarp`` around ``mnc_tf.ops.roi_warp_reference`` (same call contract),
-    used only when ``RoIWarp`` cannot be constructed (TEMPORARY, while the op is in progress)."""
-
-    def __init__(self, crop_size=28, pooled_size=14, spatial_scale=1 / 16, **kwargs):
-        super().__init__(**kwargs)
-        self.crop_size = int(crop_size)
-        self.pooled_size = int(pooled_size)
-        self.spatial_scale = float(spatial_scale)
-        self.supports_jit = False
-
-    def call(self, features, boxes, box_indices):
-        return ops.roi_warp_reference(
-            tf.cast(features, tf.float32), boxes, box_indices, self.crop_size,
-            self.pooled_size, self.spatial_scale,
-        )  # fmt: skip
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(crop_size=self.crop_size, pooled_size=self.pooled_size,
-                      spatial_scale=self.spatial_scale)  # fmt: skip
-        return config
 
 
 def build_roi_warp(crop_size, pooled_size, spatial_scale, name="roi_warp"):
     """The RoI warp layer, pinned to float32: its boxes are pixel coordinates, which float16
     (mixed precision) would round to half pixels."""
-    try:
-        return RoIWarp(crop_size, pooled_size, spatial_scale, name=name, dtype="float32")
-    except Exception as err:  # noqa: BLE001  TEMPORARY until mnc_tf.layers.RoIWarp is fixed
-        _logger.warning("RoIWarp unavailable (%s); using roi_warp_reference", err)
-        return ReferenceRoIWarp(crop_size, pooled_size, spatial_scale, name=name, dtype="float32")
+    return RoIWarp(crop_size, pooled_size, spatial_scale, name=name, dtype="float32")
 
 
 def corner_aligned_boxes(rois, crop_size, spatial_scale):

@@ -63,9 +63,7 @@ class ClassHead(keras.layers.Layer):
         s = self.pooled_size
         soft = tf.image.resize(tf.cast(mask_probs, tf.float32)[..., None], [s, s], "bilinear")
         masked = tf.cast(roi_features, tf.float32) * soft
-        x = tf.concat(
-            [self.box_pathway(roi_features), self.mask_pathway(masked)], axis=-1
-        )
+        x = tf.concat([self.box_pathway(roi_features), self.mask_pathway(masked)], axis=-1)
         logits = tf.cast(self.cls(x), tf.float32)
         deltas = tf.reshape(tf.cast(self.box(x), tf.float32), [-1, self.num_classes + 1, 4])
         return logits, deltas
