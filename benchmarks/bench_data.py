@@ -5,7 +5,8 @@
 
 For each setting a synthetic shapes dataset (``make_shapes_dataset``) is written to a
 temporary folder and these are timed over one full pass (after one warm-up pass, so files
-are in the page cache; the fastest of three passes is reported):
+are in the page cache; the variants take turns, and the fastest of three passes of each is
+reported, because the machine may be shared):
 
 * ``full``: ``coco_dataset(training=True)`` — decode, masks, resize, random flip, pad,
   batch, prefetch — the training pipeline, ``num_parallel_calls=AUTOTUNE``;
@@ -57,20 +58,28 @@ from mnc_tf.data.coco import CocoSource  # noqa: E402
 BATCH = 2
 
 
-def _rate(make_iterable, num_images, passes=3):
-    """Images/s of the fastest of ``passes`` passes, after a warm-up pass.
+def _rates(candidates, passes=3):
+    """``{name: images/s}`` for ``candidates = {name: (make_iterable, num_images)}``.
 
-    The fastest pass, because the machine is shared: slower passes measure the neighbours.
+    After one warm-up pass each, the candidates take turns for ``passes`` rounds and the
+    fastest pass of each is kept: the machine is shared, so taking turns exposes every
+    candidate to the same neighbours, and slower passes measure the neighbours.
     """
-    for _ in make_iterable():
-        pass
-    best = 0.0
-    for _ in range(passes):
-        start = time.perf_counter()
-        for _ in make_iterable():
+    for make, _ in candidates.values():
+        for _ in make():
             pass
-        best = max(best, num_images / (time.perf_counter() - start))
+    best = dict.fromkeys(candidates, 0.0)
+    for _ in range(passes):
+        for name, (make, num_images) in candidates.items():
+            start = time.perf_counter()
+            for _ in make():
+                pass
+            best[name] = max(best[name], num_images / (time.perf_counter() - start))
     return best
+
+
+def _rate(make_iterable, num_images, passes=3):
+    return _rates({"x": (make_iterable, num_images)}, passes)["x"]
 
 
 def _decode_only(shapes):
@@ -137,10 +146,7 @@ def _stages(shapes, side, max_instances):
     )
     for _ in cached:  # fill the cache: the timed passes below run prepare only
         pass
-    return {
-        "load_stage": _rate(load, n),
-        "prepare_stage": _rate(lambda: cached, n - n % BATCH),
-    }
+    return {"load_stage": (load, n), "prepare_stage": (lambda: cached, n - n % BATCH)}
 
 
 def _full_pipeline(shapes, side, max_instances, parallel=tf.data.AUTOTUNE):
@@ -179,29 +185,35 @@ def run_setting(root, name, num_images, image_size, side, max_instances_list):
         "image_size": image_size,
         "short_side": side,
         "generate_s": round(time.perf_counter() - t0, 2),
-        "decode_only": _decode_only(shapes),
     }
-    result["decode_only"] = _rate(result["decode_only"], num_images)
     n_batched = num_images - num_images % BATCH
-    for max_instances in max_instances_list:
-        ds = _full_pipeline(shapes, side, max_instances)
-        entry = {"padded_size": list(ds.info.image_size)}
-        entry["full"] = _rate(lambda ds=ds: ds, n_batched)
-        seq = _full_pipeline(shapes, side, max_instances, parallel=None)
-        entry["full_sequential"] = _rate(lambda seq=seq: seq, n_batched)
+    candidates = {"decode_only": (_decode_only(shapes), num_images)}
+    padded = {}
+    for n in max_instances_list:
+        ds = _full_pipeline(shapes, side, n)
+        seq = _full_pipeline(shapes, side, n, parallel=None)
+        padded[n] = list(ds.info.image_size)
+        candidates[(n, "full")] = (lambda ds=ds: ds, n_batched)
+        candidates[(n, "full_sequential")] = (lambda seq=seq: seq, n_batched)
+        candidates[(n, "naive_python")] = (_naive_python(shapes, side, n), n_batched)
+        for stage, value in _stages(shapes, side, n).items():
+            candidates[(n, stage)] = value
+    rates = _rates(candidates)
+    decode_only = rates.pop("decode_only")
+    result["decode_only"] = round(decode_only, 2)
+    for n in max_instances_list:
+        entry = {"padded_size": padded[n]}
+        entry.update({name: rate for (m, name), rate in rates.items() if m == n})
         entry["full_bfc_allocator"] = _full_rate_in_subprocess(
-            shapes, side, max_instances, {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
+            shapes, side, n, {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
         )
-        entry["naive_python"] = _rate(_naive_python(shapes, side, max_instances), n_batched)
-        entry.update(_stages(shapes, side, max_instances))
-        entry["ratio_full_vs_decode_only"] = entry["full"] / result["decode_only"]
+        entry["ratio_full_vs_decode_only"] = entry["full"] / decode_only
         entry["ratio_full_vs_naive_python"] = entry["full"] / entry["naive_python"]
         entry["ratio_full_vs_sequential"] = entry["full"] / entry["full_sequential"]
-        entry["ratio_full_bfc_vs_decode_only"] = entry["full_bfc_allocator"] / result["decode_only"]
-        result[f"max_instances_{max_instances}"] = {
+        entry["ratio_full_bfc_vs_decode_only"] = entry["full_bfc_allocator"] / decode_only
+        result[f"max_instances_{n}"] = {
             k: round(v, 3) if isinstance(v, float) else v for k, v in entry.items()
         }
-    result["decode_only"] = round(result["decode_only"], 2)
     return result
 
 

@@ -146,7 +146,7 @@ class RoiWarpGradCpuOp : public RoiWarpKernelBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, boxes.shape(), &grad_boxes));
 
     // Boxes grouped by image (counting sort, stable), so that work unit
-    // (image, channel block) owns grad_features[image, :, :, block].
+    // (image, channel range) owns grad_features[image, :, :, range].
     const int32_t* idx = box_indices.flat<int32_t>().data();
     std::vector<int64_t> starts(d.batch + 1, 0), order(d.num_boxes);
     for (int64_t r = 0; r < d.num_boxes; ++r) ++starts[idx[r] + 1];
@@ -159,9 +159,9 @@ class RoiWarpGradCpuOp : public RoiWarpKernelBase {
     // on the split (see BackwardImageChannels).
     const auto& threads = *ctx->device()->tensorflow_cpu_worker_threads();
     const int64_t groups = ChannelGroups(d);
-    const int64_t ranges = std::max<int64_t>(
-        1, std::min<int64_t>(groups, (threads.num_threads + d.batch - 1) / std::max<int64_t>(
-                                                                             d.batch, 1)));
+    const int64_t batch = std::max<int64_t>(d.batch, 1);
+    const int64_t per_image = (threads.num_threads + batch - 1) / batch;
+    const int64_t ranges = std::clamp<int64_t>(per_image, 1, std::max<int64_t>(groups, 1));
     const int64_t range_channels = (groups + ranges - 1) / ranges * kLanes;
     std::vector<double> partial(d.num_boxes * groups * 4, 0.);
     const float* g = grads.flat<float>().data();

@@ -21,6 +21,19 @@ How an element is made, and where the time goes:
 Every element has the same static shape (``pad_to``, ``max_instances``), so Keras never
 retraces its train function. Images are **not** normalised: the model does that for its
 backbone (see :mod:`mnc_tf.data.preprocess`).
+
+Performance notes (``benchmarks/bench_data.py``):
+
+- the dense ``[B, N, Hp, Wp]`` masks of the contract dominate the cost for large ``N``
+  (37 MB per image at N = 100, 608×608). Pick ``max_instances`` to fit the data (COCO has
+  ≤ 93 instances per image, most far fewer); the smallest instances beyond it are dropped
+  and counted;
+- such big short-lived tensors make TF's default CPU allocator page-fault on every batch;
+  ``TF_CPU_ALLOCATOR_USE_BFC=true`` in the environment (set before TensorFlow is imported)
+  lets it reuse memory;
+- the dataset's length is unknown to ``tf.data`` (corrupt images are filtered lazily), so
+  Keras warns "Your input ran out of data" once at the end of the first epoch; that is
+  harmless. ``repeat=True`` with ``steps_per_epoch`` avoids it.
 """
 
 from __future__ import annotations
@@ -155,7 +168,7 @@ def ground_truth_instances(coco, image_id, category_ids):
     rles, labels, crowd = [], [], []
     for ann in coco.imgToAnns.get(image_id, []):
         label = label_of.get(int(ann.get("category_id", -1)))
-        segm, reason, _ = clean_segmentation(ann.get("segmentation"), height, width)
+        segm, _, _ = clean_segmentation(ann.get("segmentation"), height, width)
         if label is None or segm is None:
             continue
         rles.append(segmentation_to_rle(segm, height, width))
@@ -669,30 +682,27 @@ def coco_dataset(
         the first epoch (slow on big datasets); otherwise they are found lazily.
       num_parallel_calls: parallelism of the decode and prepare maps.
     """
-    source = CocoSource(
+    return coco_dataset_fn(
         annotation_file,
         image_dir,
-        drop_empty=training if drop_empty is None else drop_empty,
-        image_ids=image_ids,
-        max_instances=max_instances,
-        verify_images=verify_images,
-    )
-    return source.dataset(
-        batch_size=batch_size,
+        batch_size,
         training=training,
         short_side=short_side,
         max_side=max_side,
         pad_to=pad_to,
+        max_instances=max_instances,
         flip=flip,
         scale_jitter=scale_jitter,
         shuffle=shuffle,
+        drop_empty=drop_empty,
         cache=cache,
         repeat=repeat,
         seed=seed,
+        image_ids=image_ids,
         drop_remainder=drop_remainder,
-        input_context=input_context,
+        verify_images=verify_images,
         num_parallel_calls=num_parallel_calls,
-    )
+    )(input_context)
 
 
 def coco_dataset_fn(annotation_file, image_dir, global_batch_size, **kwargs):

@@ -36,7 +36,7 @@ import scipy.io
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from mnc_tf.data.coco import CocoSource
+from mnc_tf.data.coco import coco_dataset_fn
 
 logger = logging.getLogger("mnc_tf.data")
 
@@ -172,7 +172,14 @@ def sbd_to_coco(root, split="train", layout="auto"):
 
 
 def sbd_dataset(
-    root, split="train", layout="auto", annotation_cache=None, training=False, **kwargs
+    root,
+    split="train",
+    layout="auto",
+    annotation_cache=None,
+    batch_size=1,
+    training=False,
+    input_context=None,
+    **kwargs,
 ):
     """:func:`mnc_tf.data.coco_dataset` over an SBD or VOC 2012 instance split.
 
@@ -182,8 +189,8 @@ def sbd_dataset(
       layout: ``"auto"``, ``"sbd"`` or ``"voc"``.
       annotation_cache: optional JSON path: the converted annotations are written there
         and reused next time (reading all of SBD's ``.mat`` files takes about a minute).
-      training, kwargs: as :func:`mnc_tf.data.coco_dataset` (labels 1..20 in
-        :data:`VOC_CLASSES` order; category ids equal the labels).
+      batch_size, training, input_context, kwargs: as :func:`mnc_tf.data.coco_dataset`
+        (labels 1..20 in :data:`VOC_CLASSES` order; category ids equal the labels).
 
     Returns:
       The ``tf.data.Dataset``; ``dataset.info.coco`` holds the converted ground truth.
@@ -203,15 +210,7 @@ def sbd_dataset(
         if annotation_cache:
             with open(annotation_cache, "w") as f:
                 json.dump({"coco": coco, "skipped": skipped}, f)
-    drop_empty = kwargs.pop("drop_empty", None)
-    source = CocoSource(
-        coco,
-        image_dir,
-        drop_empty=training if drop_empty is None else drop_empty,
-        image_ids=kwargs.pop("image_ids", None),
-        max_instances=kwargs.pop("max_instances", 100),
-        verify_images=kwargs.pop("verify_images", False),
-    )
+    dataset_fn = coco_dataset_fn(coco, image_dir, batch_size, training=training, **kwargs)
     for reason, n in skipped.items():
-        source.info.count("skipped", reason, n=n)
-    return source.dataset(training=training, **kwargs)
+        dataset_fn.info.count("skipped", reason, n=n)
+    return dataset_fn(input_context)

@@ -195,8 +195,9 @@ class COCOEvaluator:
                     fixed.setdefault("area", float(mask_utils.area(rle)))
                     fixed.setdefault("bbox", [float(v) for v in mask_utils.toBbox(rle)])
                 else:
-                    bbox = ann.get("bbox", [0.0, 0.0, 0.0, 0.0])
-                    fixed.setdefault("area", float(bbox[2]) * float(bbox[3]))
+                    bbox = [float(v) for v in ann.get("bbox", [0.0, 0.0, 0.0, 0.0])]
+                    fixed.setdefault("area", bbox[2] * bbox[3])
+                    fixed.setdefault("bbox", bbox)
             if fixed:
                 ann = dict(
                     ann, **{k: v for k, v in fixed.items() if k not in ann or k == "segmentation"}

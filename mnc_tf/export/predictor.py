@@ -66,8 +66,12 @@ def load_keras_model(path):
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as e:  # noqa: BLE001  (any failure means: not a usable model file)
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"model: could not load {path} as a Keras model: {first_line}") from e
+        raise ValueError(f"model: could not load {path} as a Keras model: {_first_line(e)}") from e
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class Predictor:
@@ -102,7 +106,12 @@ class Predictor:
 
     @classmethod
     def from_saved_model(cls, version_dir):
-        loaded = tf.saved_model.load(version_dir)
+        try:
+            loaded = tf.saved_model.load(version_dir)
+        except Exception as e:  # noqa: BLE001  (corrupt / foreign files: report, don't crash)
+            raise ValueError(
+                f"model: could not load the SavedModel in {version_dir}: {_first_line(e)}"
+            ) from e
         if SIGNATURE_ENCODED not in loaded.signatures:
             raise ValueError(
                 f"model: {version_dir} has no {SIGNATURE_ENCODED!r} signature (signatures: "

@@ -117,6 +117,14 @@ def test_predict_model_path_errors(images, tmp_path, capsys):
         capsys,
         "not a SavedModel directory",
     )
+    (tmp_path / "corrupt" / "1").mkdir(parents=True)
+    (tmp_path / "corrupt" / "1" / "saved_model.pb").write_bytes(b"\x00garbage")
+    _fails_cleanly(
+        predict_cli.main,
+        [img, "--model", str(tmp_path / "corrupt"), "--out", out],
+        capsys,
+        "could not load the SavedModel",
+    )
     (tmp_path / "notes.txt").write_text("hello")
     _fails_cleanly(
         predict_cli.main,

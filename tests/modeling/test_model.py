@@ -288,36 +288,29 @@ def test_compile_defaults_are_the_papers():
     assert lr is not None
 
 
-def test_fit_learns_and_logs_every_term(tmp_path):
+def test_fit_learns_and_logs_every_term():
     images, targets = make_shapes(4, seed=3)
     keras.utils.set_random_seed(0)
-    model = MNC(
-        2,
-        backbone="tiny",
-        num_stages=5,
-        config=make_tiny_config(
-            learning_rate=2e-3, warmup_steps=10, total_steps=1000, cls_mask_iou_threshold=0.5
-        ),
-    )
+    config = make_tiny_config(learning_rate=2e-3, warmup_steps=10, total_steps=1000)
+    model = MNC(2, backbone="tiny", num_stages=3, config=config)
     model.compile()
     ds = tf.data.Dataset.from_tensor_slices(({"images": images}, targets)).batch(2).repeat()
-    hist = model.fit(ds, steps_per_epoch=30, epochs=4, verbose=0, validation_data=ds.take(1))
+    hist = model.fit(ds, steps_per_epoch=25, epochs=3, verbose=0, validation_data=ds.take(1))
     h = hist.history
     for name in model.loss_names + ["loss"]:
         assert name in h and "val_" + name in h
     assert h["loss"][-1] < 0.6 * h["loss"][0]
-    assert h["mask_loss"][-1] < h["mask_loss"][0]
+    assert h["mask_loss"][-1] < 0.8 * h["mask_loss"][0]
     out = model.predict(images, verbose=0)
-    pasted = model.full_image_masks(out, (64, 64)).numpy()
-    # Every training object is found: its best same-class detection has a high mask IoU.
+    pasted = model.full_image_masks(out, (64, 64)).numpy().astype(bool)
+    # Every training object is found: a confident detection of its class covers its mask.
     for i in range(4):
         for j in np.where(targets["labels"][i] > 0)[0]:
             gt = targets["masks"][i, j].astype(bool)
-            k = out["num_detections"][i]
-            same = [d for d in range(k) if out["classes"][i, d] == targets["labels"][i, j]]
             ious = [
-                (gt & pasted[i, d].astype(bool)).sum() / (gt | pasted[i, d].astype(bool)).sum()
-                for d in same
+                (gt & pasted[i, d]).sum() / (gt | pasted[i, d]).sum()
+                for d in range(out["num_detections"][i])
+                if out["classes"][i, d] == targets["labels"][i, j] and out["scores"][i, d] > 0.5
             ]
             assert max(ious, default=0.0) > 0.7, (i, j, ious)
 
