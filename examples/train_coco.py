@@ -25,8 +25,10 @@ def main(argv=None):
     parser.add_argument("--coco-dir", help="COCO 2017 root (annotations/, train2017/, val2017/)")
     parser.add_argument("--backbone-weights", help="keras.applications ResNet101 notop .h5")
     parser.add_argument("--model-dir", default="runs/coco_resnet101_mnc5")
-    parser.add_argument("--config", default=os.path.join(os.path.dirname(HERE), "configs",
-                                                         "coco_resnet101_mnc5.yaml"))  # fmt: skip
+    parser.add_argument(
+        "--config",
+        default=os.path.join(os.path.dirname(HERE), "configs", "coco_resnet101_mnc5.yaml"),
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
 
@@ -56,15 +58,23 @@ def main(argv=None):
     from mnc_tf.evaluation import COCOEvaluator, evaluate_model
 
     mnc = config.mnc_config()
-    val = coco_dataset(config.data.val_annotations, config.data.val_images, batch_size=1,
-                       training=False, short_side=mnc.short_side, max_side=mnc.max_side,
-                       max_instances=mnc.max_instances)  # fmt: skip
+    val = coco_dataset(
+        config.data.val_annotations,
+        config.data.val_images,
+        batch_size=1,
+        training=False,
+        short_side=mnc.short_side,
+        max_side=mnc.max_side,
+        max_instances=mnc.max_instances,
+    )
     model = keras.models.load_model(os.path.join(args.model_dir, "final.keras"))
     evaluator = COCOEvaluator(config.data.val_annotations, category_ids=val.info.category_ids)
     metrics = evaluate_model(model, val, [evaluator])
     print(f"\n{val.info.num_images} validation images")
-    print(f"  segm AP {metrics['segm/AP']:.3f}  AP50 {metrics['segm/AP50']:.3f}   "
-          "(paper, ResNet-101, test-dev: 0.246 / 0.443)")  # fmt: skip
+    print(
+        f"  segm AP {metrics['segm/AP']:.3f}  AP50 {metrics['segm/AP50']:.3f}   "
+        "(paper, ResNet-101, test-dev: 0.246 / 0.443)"
+    )
     print(f"  bbox AP {metrics['bbox/AP']:.3f}  AP50 {metrics['bbox/AP50']:.3f}")
     return metrics
 

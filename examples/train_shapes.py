@@ -33,8 +33,14 @@ def parse_args(argv=None):
         "--config", default=os.path.join(os.path.dirname(HERE), "configs", "shapes_tiny_mnc5.yaml")
     )
     parser.add_argument("--model-dir", default="runs/shapes_example")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="config override (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override (repeatable)",
+    )
     parser.add_argument("--num-pictures", type=int, default=8)
     return parser.parse_args(argv)
 
@@ -67,17 +73,25 @@ def main(argv=None):
     val_dir = os.path.join(shapes.dir, "val")
     annotations = os.path.join(val_dir, "annotations.json")
     mnc = config.mnc_config()
-    val = coco_dataset(annotations, os.path.join(val_dir, "images"), batch_size=4,
-                       training=False, short_side=mnc.short_side, max_side=mnc.max_side,
-                       max_instances=mnc.max_instances)  # fmt: skip
+    val = coco_dataset(
+        annotations,
+        os.path.join(val_dir, "images"),
+        batch_size=4,
+        training=False,
+        short_side=mnc.short_side,
+        max_side=mnc.max_side,
+        max_instances=mnc.max_instances,
+    )
     model = keras.models.load_model(os.path.join(args.model_dir, "final.keras"))
     eval_start = time.time()
     metrics = evaluate_model(
         model,
         val,
-        [COCOEvaluator(annotations, category_ids=val.info.category_ids),
-         VOCEvaluator(val.info.num_classes)],
-    )  # fmt: skip
+        [
+            COCOEvaluator(annotations, category_ids=val.info.category_ids),
+            VOCEvaluator(val.info.num_classes),
+        ],
+    )
     eval_seconds = time.time() - eval_start
 
     # 4. Pictures of the first held-out images.
@@ -127,10 +141,14 @@ def main(argv=None):
     print()
     print(f"held-out split: {shapes.num_val_images} images never seen in training")
     print(f"  mAP^r@0.5 = {result['mAP_r@0.5']:.3f}   mAP^r@0.7 = {result['mAP_r@0.7']:.3f}")
-    print(f"  COCO segm AP = {result['segm_AP']:.3f} (AP50 {result['segm_AP50']:.3f})   "
-          f"bbox AP = {result['bbox_AP']:.3f} (AP50 {result['bbox_AP50']:.3f})")  # fmt: skip
-    print(f"  time: {result['total_seconds']:.0f} s in total ({info['steps_run']} steps trained "
-          f"in this process at {info['images_per_second'] or 0:.1f} images/s)")  # fmt: skip
+    print(
+        f"  COCO segm AP = {result['segm_AP']:.3f} (AP50 {result['segm_AP50']:.3f})   "
+        f"bbox AP = {result['bbox_AP']:.3f} (AP50 {result['bbox_AP50']:.3f})"
+    )
+    print(
+        f"  time: {result['total_seconds']:.0f} s in total ({info['steps_run']} steps trained "
+        f"in this process at {info['images_per_second'] or 0:.1f} images/s)"
+    )
     print(f"  pictures: {out_dir}")
     return result
 

@@ -26,8 +26,10 @@ def main(argv=None):
     parser.add_argument("--sbd-root", required=True, help="folder with img/ inst/ cls/ *.txt")
     parser.add_argument("--backbone-weights", help="keras.applications VGG16 notop .h5 file")
     parser.add_argument("--model-dir", default="runs/voc2012_vgg16_mnc5")
-    parser.add_argument("--config", default=os.path.join(os.path.dirname(HERE), "configs",
-                                                         "voc2012_vgg16_mnc5.yaml"))  # fmt: skip
+    parser.add_argument(
+        "--config",
+        default=os.path.join(os.path.dirname(HERE), "configs", "voc2012_vgg16_mnc5.yaml"),
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
 
@@ -49,8 +51,14 @@ def main(argv=None):
     from mnc_tf.evaluation import VOCEvaluator, evaluate_model
 
     mnc = config.mnc_config()
-    val = sbd_dataset(args.sbd_root, config.data.val_split, layout="sbd", training=False,
-                      short_side=mnc.short_side, max_side=mnc.max_side)  # fmt: skip
+    val = sbd_dataset(
+        args.sbd_root,
+        config.data.val_split,
+        layout="sbd",
+        training=False,
+        short_side=mnc.short_side,
+        max_side=mnc.max_side,
+    )
     model = keras.models.load_model(os.path.join(args.model_dir, "final.keras"))
     metrics = evaluate_model(model, val, [VOCEvaluator(val.info.num_classes)])
     print(f"\nSBD {config.data.val_split}: {val.info.num_images} images")

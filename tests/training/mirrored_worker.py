@@ -37,8 +37,15 @@ def build(strategy, num_classes, weights=None):
 
 def main(annotations, image_dir, out):
     keras.utils.set_random_seed(0)
-    ds = coco_dataset(annotations, image_dir, batch_size=2, training=False, short_side=64,
-                      max_side=64, max_instances=4)  # fmt: skip
+    ds = coco_dataset(
+        annotations,
+        image_dir,
+        batch_size=2,
+        training=False,
+        short_side=64,
+        max_side=64,
+        max_instances=4,
+    )
     num_classes = ds.info.num_classes
     batch = next(iter(ds))
     data = tf.data.Dataset.from_tensors(batch).repeat()

@@ -69,10 +69,17 @@ def _fit(model, data, backup_dir, extra=()):
 def runs(tmp_path_factory):
     """An uninterrupted run, and a run that crashes after step 5 and is resumed."""
     tmp = tmp_path_factory.mktemp("resume")
-    shapes = make_shapes_dataset(tmp / "shapes", 2, seed=1, image_size=64, num_classes=2,
-                                 max_shapes=2, split="train")  # fmt: skip
-    ds = coco_dataset(shapes.annotation_file, shapes.image_dir, batch_size=2, short_side=64,
-                      max_side=64, max_instances=4)  # fmt: skip
+    shapes = make_shapes_dataset(
+        tmp / "shapes", 2, seed=1, image_size=64, num_classes=2, max_shapes=2, split="train"
+    )
+    ds = coco_dataset(
+        shapes.annotation_file,
+        shapes.image_dir,
+        batch_size=2,
+        short_side=64,
+        max_side=64,
+        max_instances=4,
+    )
     # One fixed batch, so that the data a resumed run sees does not depend on where the input
     # pipeline restarts; sampling is deterministic (seeded by step and image id).
     data = tf.data.Dataset.from_tensors(next(iter(ds))).repeat()
@@ -119,8 +126,9 @@ def test_resumed_weights_equal_an_uninterrupted_run(runs):
     # Model, optimizer slots (momentum) and the step counter (lr schedule, sampling seeds) are
     # all restored: the resumed run ends where the uninterrupted one does. Tolerance: float32
     # round-off of identical computations (< 1e-6; the training moved weights by > 1e-3).
-    moved = max(float(np.max(np.abs(a - b))) for a, b in
-                zip(runs["straight"], runs["initial"], strict=True))  # fmt: skip
+    moved = max(
+        float(np.max(np.abs(a - b))) for a, b in zip(runs["straight"], runs["initial"], strict=True)
+    )
     assert moved > 1e-3
     for a, b in zip(runs["straight"], runs["resumed"], strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

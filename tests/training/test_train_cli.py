@@ -131,10 +131,22 @@ def test_short_run_produces_a_model_that_eval_and_predict_accept(tmp_path, capsy
     shapes = tmp_path / "shapes" / "val"
     metrics = tmp_path / "metrics.json"
     rc = eval_main(
-        ["--model", str(run / "final.keras"), "--annotations", str(shapes / "annotations.json"),
-         "--images", str(shapes / "images"), "--short-side", "64", "--max-side", "64", "--voc",
-         "--out", str(metrics)]
-    )  # fmt: skip
+        [
+            "--model",
+            str(run / "final.keras"),
+            "--annotations",
+            str(shapes / "annotations.json"),
+            "--images",
+            str(shapes / "images"),
+            "--short-side",
+            "64",
+            "--max-side",
+            "64",
+            "--voc",
+            "--out",
+            str(metrics),
+        ]
+    )
     assert rc == 0
     scores = json.loads(metrics.read_text())
     assert "segm/AP" in json.dumps(scores) and "mAP_r@0.5" in json.dumps(scores)

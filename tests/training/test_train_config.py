@@ -24,14 +24,18 @@ def _write(tmp_path, cfg):
     [
         ({"model": {"learnig_rate": 0.1}}, ("model.learnig_rate", "model.learning_rate")),
         ({"model": {"backbon": "tiny"}}, ("model.backbon", "model.backbone")),
-        ({"data": {"per_replica_batchsize": 2}}, ("data.per_replica_batchsize",
-                                                  "data.per_replica_batch_size")),
-        ({"data": {"shapes": {"num_train_image": 3}}}, ("data.shapes.num_train_image",
-                                                         "data.shapes.num_train_images")),
+        (
+            {"data": {"per_replica_batchsize": 2}},
+            ("data.per_replica_batchsize", "data.per_replica_batch_size"),
+        ),
+        (
+            {"data": {"shapes": {"num_train_image": 3}}},
+            ("data.shapes.num_train_image", "data.shapes.num_train_images"),
+        ),
         ({"train": {"checkpoint_evry": 5}}, ("train.checkpoint_evry", "train.checkpoint_every")),
         ({"trian": {}}, ("'trian'", "'train'")),
     ],
-)  # fmt: skip
+)
 def test_unknown_key_names_it_and_the_closest(tmp_path, cfg, names):
     with pytest.raises(ValueError) as e:
         load_config(_write(tmp_path, cfg))

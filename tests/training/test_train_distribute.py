@@ -20,15 +20,23 @@ from mnc_tf.data import make_shapes_dataset
 
 @pytest.mark.timeout(420)
 def test_mirrored_two_cpus_matches_one_device(tmp_path):
-    data = make_shapes_dataset(tmp_path / "shapes", 2, seed=3, image_size=64, num_classes=2,
-                               max_shapes=2, split="train")  # fmt: skip
+    data = make_shapes_dataset(
+        tmp_path / "shapes", 2, seed=3, image_size=64, num_classes=2, max_shapes=2, split="train"
+    )
     out = tmp_path / "result.json"
     proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "mirrored_worker.py"), data.annotation_file,
-         data.image_dir, str(out)],
+        [
+            sys.executable,
+            os.path.join(HERE, "mirrored_worker.py"),
+            data.annotation_file,
+            data.image_dir,
+            str(out),
+        ],
         env=subprocess_env(PYTHONPATH=REPO + os.pathsep + HERE),
-        capture_output=True, text=True, timeout=400,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert len(r["devices"]) == 2 and r["steps"] == [2, 2]
@@ -73,13 +81,21 @@ def test_multi_worker_two_processes(tmp_path):
         logs.append(log)
         procs.append(
             subprocess.Popen(
-                [sys.executable, os.path.join(HERE, "multi_worker_worker.py"), config,
-                 str(model_dir), str(tmp_path / f"out{index}")],
-                env=subprocess_env(PYTHONPATH=REPO + os.pathsep + HERE,
-                                   TF_CONFIG=json.dumps(tf_config)),
-                stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path),
+                [
+                    sys.executable,
+                    os.path.join(HERE, "multi_worker_worker.py"),
+                    config,
+                    str(model_dir),
+                    str(tmp_path / f"out{index}"),
+                ],
+                env=subprocess_env(
+                    PYTHONPATH=REPO + os.pathsep + HERE, TF_CONFIG=json.dumps(tf_config)
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(tmp_path),
             )
-        )  # fmt: skip
+        )
     deadline = time.time() + 420
     try:
         for p in procs:
