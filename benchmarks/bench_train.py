@@ -7,12 +7,14 @@ input pipeline vs data fed from memory. Prints JSON.
 Every configuration runs in its own process (a CPU split into logical devices must be set up
 before TensorFlow starts) and measures, on one model and one compiled train function:
 
-* ``memory``: ``fit`` on one preprocessed batch repeated from memory (no input work at all),
-  measured before *and* after the pipeline run and averaged, to cancel drift on a shared host;
+* ``memory``: ``fit`` on one preprocessed batch repeated from memory (no input work at all);
 * ``pipeline``: ``fit`` on the real input pipeline of ``mnc-train`` (``coco_dataset_fn``: JPEG
   decode, resize, random flip, mask rasterisation, padding; distributed with
   ``distribute_datasets_from_function`` on 2 devices);
 * ``pipeline_only``: the same pipeline iterated without a model — what it can deliver.
+
+``memory`` and ``pipeline`` alternate (``--repeats`` times each, averaged) so that load from
+other jobs on a shared host affects both alike.
 
 ``pipeline / memory`` close to 1 (and ``pipeline_only`` far above both) means the input
 pipeline is not the bottleneck. ``scaling`` is images/s with ``MirroredStrategy`` over 2
@@ -110,10 +112,13 @@ def _child(spec):
         # Logs are materialised every step, so each timestamp follows a finished step.
         return steps * global_batch / (t[-1] - t[warmup - 1])
 
-    mem1 = measure(memory)
-    pipe = measure(pipeline)
-    mem2 = measure(memory)
-    mem = (mem1 + mem2) / 2
+    # Alternate the two sources so that load from other jobs on a shared host hits both alike.
+    mem_runs, pipe_runs = [], []
+    for _ in range(spec["repeats"]):
+        mem_runs.append(measure(memory))
+        pipe_runs.append(measure(pipeline))
+    mem = sum(mem_runs) / len(mem_runs)
+    pipe = sum(pipe_runs) / len(pipe_runs)
     return {
         "model": spec["name"],
         "devices": devices,
@@ -122,8 +127,9 @@ def _child(spec):
         "image_size": [mnc.short_side, mnc.max_side],
         "steps_timed": spec["steps"],
         "memory_images_per_s": round(mem, 3),
-        "memory_runs_images_per_s": [round(mem1, 3), round(mem2, 3)],
+        "memory_runs_images_per_s": [round(v, 3) for v in mem_runs],
         "pipeline_images_per_s": round(pipe, 3),
+        "pipeline_runs_images_per_s": [round(v, 3) for v in pipe_runs],
         "pipeline_only_images_per_s": round(pipeline_only, 3),
         "pipeline_vs_memory": round(pipe / mem, 3),
         "seconds_per_step_memory": round(global_batch / mem, 3),
@@ -135,6 +141,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny model only, fewer steps")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (tracing)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternations memory/pipeline")
     parser.add_argument("--models", default=None, help="comma list of tiny,vgg16")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -166,6 +173,7 @@ def main(argv=None):
                     "images": data.image_dir,
                     "steps": steps,
                     "warmup": args.warmup,
+                    "repeats": args.repeats,
                 }
                 env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
                 proc = subprocess.run(

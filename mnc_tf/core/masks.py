@@ -86,7 +86,7 @@ def paste_masks_batched(masks, boxes, num_detections, image_size, threshold=0.4)
     return tf.cast(pasted >= threshold, tf.uint8)
 
 
-def resample_masks(masks, src_boxes, dst_boxes, size=None):
+def resample_masks(masks, src_boxes, dst_boxes, size=None, mask_indices=None):
     """Re-sample box-relative masks from their own boxes into other boxes' grids.
 
     Same convention as :func:`paste_masks`: cell ``i`` of an ``s × s`` grid on box ``dst`` is
@@ -94,31 +94,58 @@ def resample_masks(masks, src_boxes, dst_boxes, size=None):
     (edge cells replicated inside the source box) and is 0 outside the source box. Used by
     mask voting, which averages masks of different boxes in the frame of the kept box.
 
+    One ``tf.image.crop_and_resize`` on the edge-padded masks does the sampling (the padding
+    ring reproduces the edge replication), so the cost is ``O(s²)`` per output mask.
+
     Args:
-      masks: float ``[..., m, m]`` probabilities on ``src_boxes``.
-      src_boxes: float32 ``[..., 4]`` ``y1, x1, y2, x2`` (same leading dims as ``masks``).
+      masks: float ``[..., m, m]`` probabilities on ``src_boxes``; or, with ``mask_indices``,
+        a pool ``[M, m, m]`` from which ``mask_indices`` picks each output's source.
+      src_boxes: float32 ``[..., 4]`` ``y1, x1, y2, x2`` of each output's source mask.
       dst_boxes: float32 ``[..., 4]``, broadcastable to ``src_boxes``.
       size: output side ``s`` (default ``m``).
+      mask_indices: optional int ``[...]`` (the leading dims of ``src_boxes``) into the pool.
 
     Returns:
-      float32 ``[..., s, s]``.
+      float32 ``[..., s, s]`` (leading dims of ``src_boxes``).
     """
     masks = tf.convert_to_tensor(masks, tf.float32)
     src_boxes = tf.convert_to_tensor(src_boxes, tf.float32)
-    dst_boxes = tf.convert_to_tensor(dst_boxes, tf.float32)
-    m = tf.shape(masks)[-1]
-    size = masks.shape[-1] if size is None else size
-    m_f = tf.cast(m, tf.float32)
-    dst_boxes = tf.broadcast_to(dst_boxes, tf.shape(src_boxes))
-    cells = (tf.range(size, dtype=tf.float32) + 0.5) / float(size)  # [s], fractions of a box
-
-    def axis_weights(s1, s2, d1, d2):
-        pos = d1[..., None] + cells * (d2 - d1)[..., None]  # [..., s] dst cell centres
-        span = tf.maximum(s2 - s1, 1e-6)[..., None]
-        grid = (pos - s1[..., None]) / span * m_f - 0.5
-        inside = tf.logical_and(pos >= s1[..., None], pos < s2[..., None])
-        return _interp_weights(grid, m) * tf.cast(inside, tf.float32)[..., None]  # [..., s, m]
-
-    wy = axis_weights(src_boxes[..., 0], src_boxes[..., 2], dst_boxes[..., 0], dst_boxes[..., 2])
-    wx = axis_weights(src_boxes[..., 1], src_boxes[..., 3], dst_boxes[..., 1], dst_boxes[..., 3])
-    return tf.einsum("...ik,...kl,...jl->...ij", wy, masks, wx)
+    dst_boxes = tf.broadcast_to(tf.convert_to_tensor(dst_boxes, tf.float32), tf.shape(src_boxes))
+    m = masks.shape[-1]
+    size = m if size is None else int(size)
+    lead = tf.shape(src_boxes)[:-1]
+    if mask_indices is None:
+        pool = tf.reshape(masks, [-1, m, m])
+        indices = tf.range(tf.shape(pool)[0])
+    else:
+        pool = masks
+        indices = tf.reshape(tf.cast(mask_indices, tf.int32), [-1])
+    padded = tf.pad(pool[..., None], [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    src = tf.reshape(src_boxes, [-1, 4])
+    dst = tf.reshape(dst_boxes, [-1, 4])
+    span_y = tf.maximum(src[:, 2] - src[:, 0], 1e-6)
+    span_x = tf.maximum(src[:, 3] - src[:, 1], 1e-6)
+    half_y = 0.5 * (dst[:, 2] - dst[:, 0]) / size
+    half_x = 0.5 * (dst[:, 3] - dst[:, 1]) / size
+    # First / last dst cell centre in the padded mask's index space (source cell k is index
+    # k + 1), normalised by (m + 1) as crop_and_resize expects.
+    to_index_y = lambda p: ((p - src[:, 0]) / span_y * m + 0.5) / (m + 1.0)
+    to_index_x = lambda p: ((p - src[:, 1]) / span_x * m + 0.5) / (m + 1.0)
+    boxes = tf.stack(
+        [
+            to_index_y(dst[:, 0] + half_y),
+            to_index_x(dst[:, 1] + half_x),
+            to_index_y(dst[:, 2] - half_y),
+            to_index_x(dst[:, 3] - half_x),
+        ],
+        axis=-1,
+    )
+    out = tf.image.crop_and_resize(padded, boxes, indices, [size, size])[..., 0]
+    # Cells whose centre lies outside the source box are 0.
+    cells = (tf.range(size, dtype=tf.float32) + 0.5) / float(size)
+    py = dst[:, 0:1] + cells * (dst[:, 2:3] - dst[:, 0:1])
+    px = dst[:, 1:2] + cells * (dst[:, 3:4] - dst[:, 1:2])
+    in_y = tf.cast((py >= src[:, 0:1]) & (py < src[:, 2:3]), tf.float32)
+    in_x = tf.cast((px >= src[:, 1:2]) & (px < src[:, 3:4]), tf.float32)
+    out = out * in_y[:, :, None] * in_x[:, None, :]
+    return tf.reshape(out, tf.concat([lead, [size, size]], axis=0))

@@ -314,6 +314,14 @@ class MNC(keras.Model):
             optimizer = build_optimizer(self.config)
         super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
 
+    def compile_from_config(self, config):
+        """Re-compile a loaded model with its saved optimizer (``keras.models.load_model``)."""
+        config = keras.saving.deserialize_keras_object(config)
+        config.pop("jit_compile", None)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Total loss, scaled for distribution as Keras' ``compute_loss`` (÷ replicas)."""
         return _scale_for_replicas(self.compute_losses(x, y, training=training)["loss"])

@@ -92,9 +92,17 @@ def vote_masks(det_boxes, det_classes, own_masks, boxes, mask_probs, class_probs
     weights = tf.where(usable, cls_scores, 0.0)
     t = tf.minimum(int(config.mask_voting_max_candidates), tf.shape(boxes)[1])
     top_w, top_j = tf.math.top_k(weights, k=t, sorted=False)  # [B, K, T]
-    src_masks = tf.gather(mask_probs, top_j, batch_dims=1)  # [B, K, T, m, m]
     src_boxes = tf.gather(boxes, top_j, batch_dims=1)  # [B, K, T, 4]
-    resampled = masks.resample_masks(src_masks, src_boxes, det_boxes[:, :, None, :])
+    # Index the flat [B·J, m, m] pool instead of gathering [B, K, T, m, m] copies.
+    num_inst = tf.shape(boxes)[1]
+    pool_idx = tf.range(tf.shape(boxes)[0])[:, None, None] * num_inst + top_j
+    m = mask_probs.shape[-1]
+    resampled = masks.resample_masks(
+        tf.reshape(mask_probs, [-1, m, m]),
+        src_boxes,
+        det_boxes[:, :, None, :],
+        mask_indices=pool_idx,
+    )
     total = tf.reduce_sum(top_w, axis=2)  # [B, K]
     voted = (
         tf.reduce_sum(top_w[..., None, None] * resampled, axis=2)
