@@ -248,7 +248,7 @@ def build_serving_functions(model):
 
     def infer(images, image_info):
         outputs = model({"images": images, "image_info": image_info}, training=False)
-        scale = tf.reverse(image_info[:, 2, :], [1])  # MUTANT = resized / original
+        scale = image_info[:, 2, :]  # (sy, sx) = resized / original
         original = image_info[:, 0, :]  # (h, w) of the original image
         yxyx_scale = tf.tile(scale, [1, 2])[:, None, :]
         yxyx_max = tf.tile(original, [1, 2])[:, None, :]
