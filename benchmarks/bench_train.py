@@ -37,8 +37,23 @@ sys.path.insert(0, REPO)
 
 # Model sections (MNCConfig fields + backbone/num_stages), as in the shipped configs.
 MODELS = {
-    "tiny": {"config": "configs/shapes_tiny_mnc5.yaml", "image_size": 128, "batch": 4},
-    "vgg16": {"config": "configs/voc2012_vgg16_mnc5.yaml", "image_size": [480, 640], "batch": 2},
+    # steps / warmup / repeats: defaults per model (a VGG-16 step takes ~40 s on 2 cores).
+    "tiny": {
+        "config": "configs/shapes_tiny_mnc5.yaml",
+        "image_size": 128,
+        "batch": 4,
+        "steps": 20,
+        "warmup": 3,
+        "repeats": 2,
+    },
+    "vgg16": {
+        "config": "configs/voc2012_vgg16_mnc5.yaml",
+        "image_size": [480, 640],
+        "batch": 2,
+        "steps": 2,
+        "warmup": 1,
+        "repeats": 1,
+    },
 }
 
 
@@ -140,8 +155,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="MNC training throughput on CPU (JSON)")
     parser.add_argument("--quick", action="store_true", help="tiny model only, fewer steps")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps (tracing)")
-    parser.add_argument("--repeats", type=int, default=2, help="alternations memory/pipeline")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps (tracing)")
+    parser.add_argument("--repeats", type=int, default=None, help="memory/pipeline alternations")
     parser.add_argument("--models", default=None, help="comma list of tiny,vgg16")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -160,9 +175,7 @@ def main(argv=None):
             data = make_shapes_dataset(
                 os.path.join(tmp, name), 16, seed=0, image_size=m["image_size"], num_classes=3
             )
-            steps = args.steps or (
-                (8 if args.quick else 20) if name == "tiny" else (3 if args.quick else 5)
-            )
+            steps = args.steps or (m["steps"] // 2 if args.quick else m["steps"])
             for devices in (1, 2):
                 spec = {
                     "name": name,
@@ -172,8 +185,8 @@ def main(argv=None):
                     "annotations": data.annotation_file,
                     "images": data.image_dir,
                     "steps": steps,
-                    "warmup": args.warmup,
-                    "repeats": args.repeats,
+                    "warmup": args.warmup or m["warmup"],
+                    "repeats": args.repeats or (1 if args.quick else m["repeats"]),
                 }
                 env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
                 proc = subprocess.run(

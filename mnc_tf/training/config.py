@@ -199,12 +199,14 @@ class ExperimentConfig:
         return cfg
 
     def to_dict(self) -> dict:
-        """Plain nested dict (YAML-serialisable)."""
-        return {
-            "model": dict(self.model),
-            "data": dataclasses.asdict(self.data),
-            "train": dataclasses.asdict(self.train),
-        }
+        """Plain nested dict (YAML-serialisable: tuples become lists)."""
+        return _plain(
+            {
+                "model": dict(self.model),
+                "data": dataclasses.asdict(self.data),
+                "train": dataclasses.asdict(self.train),
+            }
+        )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -217,6 +219,14 @@ class ExperimentConfig:
         return MNCConfig.from_dict(
             {k: v for k, v in self.model.items() if k not in MODEL_CONSTRUCTOR_KEYS or k in fields}
         )
+
+
+def _plain(value):
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _mnc_field_types() -> dict[str, Any]:

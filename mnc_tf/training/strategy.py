@@ -2,8 +2,10 @@
 
 ==================  ============================================================================
 ``auto``            ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names a cluster;
-                    else ``MirroredStrategy`` over all local GPUs when there are ≥ 2;
-                    else ``OneDeviceStrategy`` on the one GPU; else the default strategy (CPU).
+                    else ``MirroredStrategy`` over all local GPUs when there are ≥ 2 (or,
+                    without GPUs, over the logical CPU devices if :func:`split_cpu` made
+                    several); else ``OneDeviceStrategy`` on the one GPU; else the default
+                    strategy (CPU).
 ``default``         TensorFlow's no-op default strategy (whatever device TF places ops on).
 ``one_device``      ``OneDeviceStrategy`` on ``/gpu:0`` if there is a GPU, else ``/cpu:0``.
 ``mirrored``        ``MirroredStrategy`` over all local GPUs; without GPUs, over all *logical*
@@ -98,7 +100,11 @@ def select_strategy(name: str = "auto") -> tf.distribute.Strategy:
             name = "multi_worker"
         else:
             gpus = tf.config.list_logical_devices("GPU")
-            name = "mirrored" if len(gpus) >= 2 else ("one_device" if gpus else "default")
+            cpus = tf.config.list_logical_devices("CPU")
+            if len(gpus) >= 2 or (not gpus and len(cpus) >= 2):  # CPU split on purpose
+                name = "mirrored"
+            else:
+                name = "one_device" if gpus else "default"
     if name == "multi_worker":
         if cluster is None:
             raise ValueError(

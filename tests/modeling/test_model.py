@@ -291,16 +291,16 @@ def test_compile_defaults_are_the_papers():
 def test_fit_learns_and_logs_every_term():
     images, targets = make_shapes(4, seed=3)
     keras.utils.set_random_seed(0)
-    config = make_tiny_config(learning_rate=2e-3, warmup_steps=10, total_steps=1000)
+    config = make_tiny_config(learning_rate=3e-3, warmup_steps=10, total_steps=200)
     model = MNC(2, backbone="tiny", num_stages=3, config=config)
     model.compile()
     ds = tf.data.Dataset.from_tensor_slices(({"images": images}, targets)).batch(2).repeat()
-    hist = model.fit(ds, steps_per_epoch=25, epochs=3, verbose=0, validation_data=ds.take(1))
+    hist = model.fit(ds, steps_per_epoch=50, epochs=4, verbose=0, validation_data=ds.take(1))
     h = hist.history
     for name in model.loss_names + ["loss"]:
         assert name in h and "val_" + name in h
-    assert h["loss"][-1] < 0.6 * h["loss"][0]
-    assert h["mask_loss"][-1] < 0.8 * h["mask_loss"][0]
+    assert h["loss"][-1] < 0.4 * h["loss"][0]
+    assert h["mask_loss"][-1] < 0.5 * h["mask_loss"][0]
     out = model.predict(images, verbose=0)
     pasted = model.full_image_masks(out, (64, 64)).numpy().astype(bool)
     # Every training object is found: a confident detection of its class covers its mask.
@@ -312,7 +312,7 @@ def test_fit_learns_and_logs_every_term():
                 for d in range(out["num_detections"][i])
                 if out["classes"][i, d] == targets["labels"][i, j] and out["scores"][i, d] > 0.5
             ]
-            assert max(ious, default=0.0) > 0.7, (i, j, ious)
+            assert max(ious, default=0.0) > 0.6, (i, j, ious)
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])

@@ -106,6 +106,9 @@ def test_overrides_coerce_to_the_field_type():
     mnc = cfg.mnc_config()
     assert isinstance(mnc, MNCConfig)
     assert mnc.total_steps == 500 and mnc.box_gradient is False
+    # What a run records in model_dir/config.yaml reads back to the same config.
+    assert yaml.safe_load(cfg.to_yaml())["model"]["anchor_scales"] == [2, 4, 8]
+    assert ExperimentConfig.from_dict(yaml.safe_load(cfg.to_yaml())).to_dict() == cfg.to_dict()
 
 
 @pytest.mark.parametrize(
