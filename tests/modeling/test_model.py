@@ -140,7 +140,7 @@ def test_bad_arguments_raise_clear_errors(model5, batch, tmp_path):
         model5.compute_losses(images, dict(targets, labels=targets["labels"] * 5))
 
 
-def test_empty_images_and_all_padding_targets(model5):
+def test_empty_images_and_all_padding_targets(model5, batch):
     images = np.full((2, 64, 64, 3), 80.0, np.float32)
     targets = {
         "boxes": -np.ones((2, 4, 4), np.float32),
@@ -155,6 +155,14 @@ def test_empty_images_and_all_padding_targets(model5):
     assert float(losses["mask_loss"]) == 0.0 and float(losses["box_loss"]) == 0.0
     assert float(losses["rpn_box_loss"]) == 0.0
     assert all(g is None or np.all(np.isfinite(g.numpy())) for g in grads)
+    # One image without objects next to one with objects: its terms are simply 0.
+    mixed_images, mixed = batch
+    mixed = {k: v.copy() for k, v in mixed.items()}
+    mixed["boxes"][1], mixed["labels"][1], mixed["masks"][1] = -1.0, -1, 0
+    both = model5.compute_losses(mixed_images, mixed)
+    first = model5.compute_losses(mixed_images[:1], {k: v[:1] for k, v in mixed.items()})
+    np.testing.assert_allclose(both["mask_loss"], first["mask_loss"] / 2, rtol=1e-5)
+    assert all(np.isfinite(v.numpy()) for v in both.values())
 
 
 def _gt_on_anchor():

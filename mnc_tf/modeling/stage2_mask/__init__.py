@@ -1,0 +1,1 @@
+"""Stage 2 — class-agnostic masks: RoI sampler (training), RoI warping, mask head, mask targets."""
