@@ -15,6 +15,7 @@ mask and class losses reach the RPN box regression (``box_gradient``), and the c
 reaches the mask head through the mask pathway.
 """
 
+import os
 import warnings
 
 import keras
@@ -368,6 +369,25 @@ class MNC(keras.Model):
         return mask_ops.paste_masks_batched(
             detections["masks"], detections["boxes"], detections["num_detections"], image_size, t
         )
+
+    def export_serving(self, export_dir, version=None, overwrite=False):
+        """Write a TF Serving SavedModel to ``export_dir/<version>/`` (stock TF ops only).
+
+        ``model.export_serving("export/")`` writes ``export/1/``; a path that already ends in
+        a version number, ``model.export_serving("export/3")``, is taken as the version
+        directory itself. See :func:`mnc_tf.export.serving.export_serving`; returns the
+        version directory.
+        """
+        from mnc_tf.export.serving import export_serving
+
+        if version is None:
+            path = os.path.normpath(os.fspath(export_dir))
+            base = os.path.basename(path)
+            if base.isdigit():
+                export_dir, version = os.path.dirname(path) or ".", int(base)
+            else:
+                version = 1
+        return export_serving(self, export_dir, version=version, overwrite=overwrite)
 
     # ------------------------------------------------------------------ serialisation
     def get_config(self):
