@@ -46,7 +46,7 @@ def _requirements():
 setup(
     name="mnc_tf",
     version="0.1.0",
-    description="Multi-task Network Cascades (instance-aware semantic segmentation) for TF2/Keras 3",
+    description="Multi-task Network Cascades (instance segmentation) for TF2 / Keras 3",
     long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",

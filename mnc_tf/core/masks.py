@@ -58,9 +58,9 @@ def _interp_weights(coords, size):
     frac = coords - lo
     lo_i = tf.cast(lo, tf.int32)
     hi_i = tf.minimum(lo_i + 1, size - 1)
-    return tf.one_hot(lo_i, size) * (1.0 - frac)[..., None] + tf.one_hot(hi_i, size) * frac[
-        ..., None
-    ]
+    return (
+        tf.one_hot(lo_i, size) * (1.0 - frac)[..., None] + tf.one_hot(hi_i, size) * frac[..., None]
+    )
 
 
 def paste_masks_batched(masks, boxes, num_detections, image_size, threshold=0.4):
