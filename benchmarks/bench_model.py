@@ -28,15 +28,19 @@ from mnc_tf.modeling import MNC  # noqa: E402
 TARGETS = {"infer_3stage_ratio": 1.6, "infer_5stage_ratio": 2.0, "train_step_ratio": 1.8}
 
 
-def timeit(fn, runs, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
+def time_interleaved(fns, runs, warmup=1):
+    """Median seconds of each ``fns[name]()``, measured round-robin so that load changes on a
+    shared machine hit every measurement alike (the ratios are what matters)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: float(np.median(v)) for name, v in times.items()}
 
 
 def conv_dense_flops(model, height, width):
@@ -137,23 +141,24 @@ def main():
         out = train_fn(iter([data]))
         return {k: float(v) for k, v in out.items()}
 
-    t_bb = timeit(lambda: backbone_fwd(images).numpy(), args.runs)
-    t_bb_bwd = timeit(lambda: [g.numpy() for g in backbone_fwd_bwd(images)], args.runs)
-    t3 = timeit(lambda: infer[3](images)["masks"].numpy(), args.runs)
-    t5 = timeit(lambda: infer[5](images)["masks"].numpy(), args.runs)
-    t_train = timeit(train_step, args.runs)
+    seconds = time_interleaved(
+        {
+            "backbone_forward": lambda: backbone_fwd(images).numpy(),
+            "backbone_forward_backward": lambda: [g.numpy() for g in backbone_fwd_bwd(images)],
+            "infer_3stage": lambda: infer[3](images)["masks"].numpy(),
+            "infer_5stage": lambda: infer[5](images)["masks"].numpy(),
+            "train_step_5stage": train_step,
+        },
+        args.runs,
+    )
+    t_bb, t_bb_bwd = seconds["backbone_forward"], seconds["backbone_forward_backward"]
+    t3, t5, t_train = seconds["infer_3stage"], seconds["infer_5stage"], seconds["train_step_5stage"]
 
     feat = backbone_fwd(images).shape
     bb_flops = conv_dense_flops(m5.backbone, h, w)
     rpn, mask, cls = head_flops(m5, cfg.rpn_post_nms_topk_test, feat[1], feat[2])
     results.update(
-        seconds={
-            "backbone_forward": t_bb,
-            "backbone_forward_backward": t_bb_bwd,
-            "infer_3stage": t3,
-            "infer_5stage": t5,
-            "train_step_5stage": t_train,
-        },
+        seconds=seconds,
         ratios={
             "infer_3stage_ratio": t3 / t_bb,
             "infer_5stage_ratio": t5 / t_bb,
