@@ -22,7 +22,7 @@ Every element has the same static shape (``pad_to``, ``max_instances``), so Kera
 retraces its train function. Images are **not** normalised: the model does that for its
 backbone (see :mod:`mnc_tf.data.preprocess`).
 
-Performance notes (``benchmarks/bench_data.py``):
+Performance notes (``benchmarks/bench_input.py``):
 
 - the dense ``[B, N, Hp, Wp]`` masks of the contract dominate the cost for large ``N``
   (37 MB per image at N = 100, 608×608). Pick ``max_instances`` to fit the data (COCO has

@@ -1,7 +1,7 @@
 """Input-pipeline throughput vs baselines measured in the same run (issue 3's benchmark).
 
-    python benchmarks/bench_data.py                  # 200 × 128 px and 100 × 600 px images
-    python benchmarks/bench_data.py --quick          # fewer images
+    python benchmarks/bench_input.py                  # 200 × 128 px and 100 × 600 px images
+    python benchmarks/bench_input.py --quick          # fewer images
 
 For each setting a synthetic shapes dataset (``make_shapes_dataset``) is written to a
 temporary folder and these are timed over one full pass (after one warm-up pass, so files
@@ -159,7 +159,7 @@ def _full_pipeline(shapes, side, max_instances, parallel=tf.data.AUTOTUNE):
 def _full_rate_in_subprocess(shapes, side, max_instances, env):
     """``full`` images/s measured in a fresh process with extra environment variables."""
     code = (
-        "import json, sys; sys.argv = ['x']; import bench_data as b; "
+        "import json, sys; sys.argv = ['x']; import bench_input as b; "
         "from mnc_tf.data.shapes import ShapesDataset; "
         f"s = ShapesDataset(**{dataclasses.asdict(shapes)!r}); "
         f"ds = b._full_pipeline(s, {side}, {max_instances}); "
@@ -224,7 +224,7 @@ def main():
     small, large = (50, 24) if args.quick else (200, 100)
     with tempfile.TemporaryDirectory() as root:
         report = {
-            "benchmark": "bench_data",
+            "benchmark": "bench_input",
             "unit": "images/s",
             "batch_size": BATCH,
             "machine": {
