@@ -80,7 +80,16 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="tiny backbone at 128 px")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--num-classes", type=int, default=20)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="intra-op threads (0: TF default). 1 makes ratios stable on a shared CPU",
+    )
     args = parser.parse_args()
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
     if args.tiny:
         h, w, backbone = 128, 128, "tiny"
@@ -111,6 +120,7 @@ def main():
         "image": [h, w],
         "batch": 1,
         "proposals": cfg.rpn_post_nms_topk_test,
+        "threads": args.threads or "default",
     }
     models = {s: MNC(args.num_classes, backbone=backbone, num_stages=s, config=cfg) for s in (3, 5)}
     m5 = models[5]
