@@ -230,11 +230,14 @@ def test_save_load_round_trip(tmp_path, batch):
         class_names=["square", "disc", "other"],
         category_ids=[10, 20, 30],
     )
+    model.compile()
     before = model.predict(images, verbose=0)
     path = str(tmp_path / "m.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
     assert isinstance(loaded, MNC)
+    # Re-compiled with the saved optimizer (resumable), jit stays off.
+    assert isinstance(loaded.optimizer, keras.optimizers.Adam) and loaded.jit_compile is False
     assert loaded.class_names == ["square", "disc", "other"] and loaded.category_ids == [10, 20, 30]
     assert loaded.config == model.config and loaded.num_stages == 5
     after = loaded.predict(images, verbose=0)
