@@ -35,7 +35,16 @@ _SUBMODULES = (
     "visualize",
 )
 
-__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
+__all__ = sorted(_EXPORTS) + ["load_model"] + list(_SUBMODULES)
+
+
+def load_model(path, **kwargs):
+    """Load a ``.keras`` file saved by :class:`MNC` (registers mnc_tf's classes first)."""
+    import keras
+
+    importlib.import_module("mnc_tf.modeling")
+    importlib.import_module("mnc_tf.layers")
+    return keras.models.load_model(path, **kwargs)
 
 
 def __getattr__(name):

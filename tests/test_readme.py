@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,3 +57,29 @@ def test_every_cli_named_in_the_readme_is_installed(tool):
 def test_every_file_the_readme_names_exists():
     for rel in re.findall(r"(?:examples|configs|benchmarks|docs|custom_ops)/[\w./-]+\.\w+", README):
         assert os.path.exists(os.path.join(ROOT, rel)), rel
+
+
+_SAVE = """
+import numpy as np, mnc_tf
+m = mnc_tf.MNC(num_classes=2, backbone="tiny", num_stages=3, config=mnc_tf.MNCConfig.tiny_shapes())
+x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+np.save("a.npy", m(x)["scores"].numpy())
+m.save("m.keras")
+"""
+_LOAD = """
+import numpy as np, mnc_tf
+m = mnc_tf.load_model("m.keras")
+x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+np.save("b.npy", m(x)["scores"].numpy())
+"""
+
+
+def test_load_model_in_a_fresh_process_after_plain_import(tmp_path):
+    for code in (_SAVE, _LOAD):
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    assert a.shape == b.shape
+    np.testing.assert_allclose(b, a, atol=1e-5)
