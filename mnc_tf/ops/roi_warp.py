@@ -111,6 +111,11 @@ def roi_warp_reference(
     Feature maps with H == 1 (or W == 1) divide by 1 instead of H - 1: every sample then sits
     on row 0, as in the custom op. Bad static arguments raise ValueError; bad indices raise
     crop_and_resize's InvalidArgumentError; non-finite boxes are not checked.
+
+    Its feature gradient is not deterministic on CPU with 4 or more intra-op threads: TF's
+    CropAndResizeGradImage adds boxes of the same image into one buffer from several threads
+    without synchronisation (run-to-run differences of O(1) measured in TF 2.21). Train with
+    the custom op, whose backward is deterministic; this path is meant for export/inference.
     """
     _check_static_args(crop_size, pooled_size, spatial_scale)
     with tf.name_scope(name or "roi_warp_reference"):
