@@ -146,6 +146,12 @@ def random_flip(image, boxes, masks, seed, probability=0.5):
     )
 
 
+def flip_coin(seed):
+    """The horizontal-flip decision of the element with int64 ``seed`` (bool scalar), the one
+    :func:`augment_example` draws; the COCO loader uses it to flip while decoding."""
+    return tf.random.stateless_uniform([], seed=_subseed(seed, 2)) < 0.5
+
+
 def random_scale_factor(seed, scale_jitter):
     """Uniform factor in ``scale_jitter = (low, high)`` for ``short_side`` and ``max_side``."""
     low, high = scale_jitter
@@ -216,8 +222,9 @@ def augment_example(
         so an element's augmentation is a pure function of ``seed``.
 
     Returns:
-      ``(image [h, w, 3] float32, image_info [4, 2], boxes [n, 4], labels [n],
-      masks [n, h, w] uint8)`` in resized-image pixels.
+      ``(image [h, w, 3], image_info [4, 2], boxes [n, 4], labels [n], masks [n, h, w] uint8)``
+      in resized-image pixels; the image is uint8 (resampled pixels rounded) when the input
+      is uint8, float32 otherwise.
     """
     if (flip or scale_jitter) and seed is None:
         raise ValueError("seed is required when flip or scale_jitter is on")
@@ -232,17 +239,33 @@ def augment_example(
     # Images already at the target size (pre-resized datasets, scale 1) skip the resampling,
     # which is an identity then but still costs a pass over every mask.
     same_size = tf.reduce_all(tf.equal(new_size, shape[:2]))
+    image = tf.convert_to_tensor(image)
+    if image.dtype == tf.uint8:
+        # uint8 in, uint8 out: the pipeline flips, pads and batches a quarter of the bytes
+        # and casts the finished batch (resized pixels rounded to the nearest level, as
+        # Detectron2's uint8 resize does; <= 0.5 of 255 from the float resize).
+        def resample(im):
+            return tf.saturate_cast(
+                tf.round(tf.image.resize(tf.cast(im, tf.float32), new_size)), tf.uint8
+            )
+    else:
+        image = tf.cast(image, tf.float32)
+
+        def resample(im):
+            return tf.image.resize(im, new_size)
+
     image, masks = tf.cond(
         same_size,
-        lambda: (tf.cast(image, tf.float32), masks),
-        lambda: (
-            tf.image.resize(tf.cast(image, tf.float32), new_size),
-            resize_masks(masks, new_size),
-        ),
+        lambda: (image, masks),
+        lambda: (resample(image), resize_masks(masks, new_size)),
     )
     boxes = box_ops.clip(scale_boxes(boxes, info), tf.cast(new_size, tf.float32))
     if flip:
-        image, boxes, masks = random_flip(image, boxes, masks, _subseed(seed, 2))
+        image, boxes, masks = tf.cond(
+            flip_coin(seed),
+            lambda: flip_left_right(image, boxes, masks),
+            lambda: (image, boxes, masks),
+        )
     return image, info, boxes, labels, masks
 
 
@@ -257,7 +280,7 @@ def prepare_example(image, boxes, labels, masks, *, pad_to, max_instances, **kwa
     image, info, boxes, labels, masks = augment_example(
         image, boxes, labels, masks, max_size=pad_to, **kwargs
     )
-    image = pad_image(image, pad_to)
+    image = pad_image(tf.cast(image, tf.float32), pad_to)
     boxes, labels, masks = pad_instances(boxes, labels, masks, max_instances, pad_to)
     return image, info, boxes, labels, masks
 

@@ -45,10 +45,68 @@ class StepWithWarmup(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+@keras.saving.register_keras_serializable(package="mnc_tf")
+class CaffeSGD(keras.optimizers.SGD):
+    """SGD with momentum and weight decay as the paper's Caffe solver applies them, fused.
+
+    Per step, for a weight ``w`` with gradient ``g``, momentum buffer ``v``, learning rate
+    ``lr``, momentum ``mu`` and ``weight_decay`` ``lam``::
+
+        v <- mu * v - lr * (g + lam * w)      # L2 term inside the gradient, as Caffe
+        w <- w + v
+
+    Keras' own ``SGD(weight_decay=...)`` instead shrinks ``w`` by ``lr * lam * w`` outside
+    the momentum (decoupled), whose steady-state decay is ``1 - mu`` = 10x weaker at
+    ``mu = 0.9`` than the paper's ``weight_decay: 0.0005``. Variables excluded with
+    :meth:`exclude_from_weight_decay` (biases, here) get no decay.
+
+    The update is one fused kernel per variable (``ResourceApplyKerasMomentum``, threaded)
+    instead of Keras' five element-wise passes; with MNC's 2 × 103M-weight fc6 layers that
+    is most of the optimizer's time on a CPU. Works under ``tf.distribute`` strategies and
+    mixed precision like ``keras.optimizers.SGD``.
+    """
+
+    def __init__(self, learning_rate=1e-3, momentum=0.9, nesterov=False, **kwargs):
+        super().__init__(
+            learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, **kwargs
+        )
+
+    def _apply_weight_decay(self, variables):
+        """Weight decay is part of :meth:`update_step`'s gradient (Caffe semantics)."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        lr = tf.cast(learning_rate, dtype)
+        grad = tf.convert_to_tensor(tf.cast(gradient, dtype))
+        if self.weight_decay is not None and self._use_weight_decay(variable):
+            grad = grad + tf.cast(self.weight_decay, dtype) * tf.convert_to_tensor(variable)
+        if self.momentum == 0:
+            self.assign_sub(variable, lr * grad)
+            return
+        momentum = self.momentums[self._get_variable_index(variable)]
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=_handle(variable),
+            accum=_handle(momentum),
+            lr=lr,
+            grad=grad,
+            momentum=tf.cast(self.momentum, dtype),
+            use_locking=False,
+            use_nesterov=self.nesterov,
+        )
+
+
+def _handle(variable):
+    """Resource handle of a Keras or TF variable (the local copy inside a strategy update)."""
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return variable.handle
+
+
 def build_optimizer(config):
-    """SGD (momentum, decoupled weight decay via the optimizer's ``weight_decay``), Adam or
-    AdamW per ``config.optimizer``, on a :class:`StepWithWarmup` schedule. Biases are
-    excluded from weight decay (the Caffe models use ``decay_mult: 0`` on biases).
+    """:class:`CaffeSGD` (the paper's solver: momentum, L2 weight decay in the gradient),
+    Adam or AdamW (decoupled decay) per ``config.optimizer``, on a :class:`StepWithWarmup`
+    schedule. Biases are excluded from weight decay (the Caffe models use ``decay_mult: 0``
+    on biases).
     """
     schedule = StepWithWarmup(
         config.learning_rate,
@@ -60,7 +118,7 @@ def build_optimizer(config):
     wd = config.weight_decay or None
     common = dict(learning_rate=schedule, weight_decay=wd, clipnorm=config.clipnorm)
     if config.optimizer == "sgd":
-        opt = keras.optimizers.SGD(momentum=config.momentum, **common)
+        opt = CaffeSGD(momentum=config.momentum, **common)
     elif config.optimizer == "adam":
         opt = keras.optimizers.Adam(**common)
     else:

@@ -126,11 +126,12 @@ def test_determinism_for_a_seed(shapes):
         np.testing.assert_array_equal(x["images"], y["images"])
 
 
-def test_flip_is_consistent_across_image_boxes_and_masks(shapes):
+@pytest.mark.parametrize("cache", [False, True])  # flipped by the loader / by TF ops
+def test_flip_is_consistent_across_image_boxes_and_masks(shapes, cache):
     def make(flip):
         return coco_dataset(
             shapes.annotation_file, shapes.image_dir, training=True, seed=11, shuffle=False,
-            flip=flip, short_side=64, max_side=64, max_instances=5,
+            flip=flip, short_side=64, max_side=64, max_instances=5, cache=cache,
         )  # fmt: skip
 
     plain, maybe = _elements(make(False)), _elements(make(True))
