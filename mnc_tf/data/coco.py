@@ -28,9 +28,14 @@ Performance notes (``benchmarks/bench_input.py``):
   (37 MB per image at N = 100, 608×608). Pick ``max_instances`` to fit the data (COCO has
   ≤ 93 instances per image, most far fewer); the smallest instances beyond it are dropped
   and counted;
-- such big short-lived tensors make TF's default CPU allocator page-fault on every batch;
-  ``TF_CPU_ALLOCATOR_USE_BFC=true`` in the environment (set before TensorFlow is imported)
-  lets it reuse memory;
+- such big short-lived tensors make TF's default CPU allocator page-fault on every batch, so
+  ``import mnc_tf`` turns on TF's pooling BFC allocator (``TF_CPU_ALLOCATOR_USE_BFC=true``
+  unless already set; it must happen before TensorFlow's first op): 1.9x at N = 8, 6x at
+  N = 100 on 600-px images;
+- the loader rasterises masks with a vectorised NumPy RLE decoder (3x pycocotools'
+  ``decode``) and, without ``cache``, flips image and masks with OpenCV while decoding
+  (8x ``tf.reverse``); images stay uint8 through flip, padding and batching (a quarter of
+  the bytes) and each finished batch is cast to float32 once;
 - the dataset's length is unknown to ``tf.data`` (corrupt images are filtered lazily), so
   Keras warns "Your input ran out of data" once at the end of the first epoch; that is
   harmless. ``repeat=True`` with ``steps_per_epoch`` avoids it.

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from mnc_tf.layers.dense import HeadDense
+
 
 @keras.saving.register_keras_serializable(package="mnc_tf")
 class MaskHead(keras.layers.Layer):
@@ -17,8 +19,8 @@ class MaskHead(keras.layers.Layer):
         self.mask_size = int(mask_size)
         self.fc_dim = int(fc_dim)
         self.flatten = keras.layers.Flatten(name="flatten")
-        self.fc = keras.layers.Dense(self.fc_dim, activation="relu", name="fc")
-        self.pred = keras.layers.Dense(
+        self.fc = HeadDense(self.fc_dim, activation="relu", name="fc")
+        self.pred = HeadDense(
             self.mask_size * self.mask_size,
             kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
             name="mask_pred",

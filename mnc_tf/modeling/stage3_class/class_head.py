@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from mnc_tf.layers.dense import HeadDense
+
 
 def _pathway(name, fc_dim, pool):
     layers = []
@@ -10,8 +12,8 @@ def _pathway(name, fc_dim, pool):
         layers.append(keras.layers.MaxPooling2D(pool, name=f"{name}_pool"))
     layers += [
         keras.layers.Flatten(name=f"{name}_flatten"),
-        keras.layers.Dense(fc_dim, activation="relu", name=f"{name}_fc1"),
-        keras.layers.Dense(fc_dim, activation="relu", name=f"{name}_fc2"),
+        HeadDense(fc_dim, activation="relu", name=f"{name}_fc1"),
+        HeadDense(fc_dim, activation="relu", name=f"{name}_fc2"),
     ]
     return keras.Sequential(layers, name=name)
 
@@ -41,12 +43,12 @@ class ClassHead(keras.layers.Layer):
         pool = self.pooled_size // self.pool_size
         self.box_pathway = _pathway("box_pathway", self.fc_dim, pool)
         self.mask_pathway = _pathway("mask_pathway", self.fc_dim, pool)
-        self.cls = keras.layers.Dense(
+        self.cls = HeadDense(
             self.num_classes + 1,
             kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
             name="cls_score",
         )
-        self.box = keras.layers.Dense(
+        self.box = HeadDense(
             4 * (self.num_classes + 1),
             kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
             name="bbox_pred",
