@@ -19,9 +19,10 @@ __version__ = "0.1.0"
 
 # TF's default CPU allocator hands every large tensor fresh pages from the kernel, so the
 # input pipeline (megabyte images and masks, several per element) spends much of its time in
-# page faults; its pooling BFC allocator reuses memory (1.6-3x faster pipelines, measured by
-# benchmarks/bench_input.py). It takes effect if set before TensorFlow runs its first op;
-# set TF_CPU_ALLOCATOR_USE_BFC=false in the environment to keep TF's default.
+# page faults; its pooling BFC allocator reuses memory (the 600-px training pipeline 1.9x
+# faster with 8 padded masks, 6x with 100: benchmarks/bench_input.py). It takes effect if set
+# before TensorFlow runs its first op; set TF_CPU_ALLOCATOR_USE_BFC=false in the environment
+# to keep TF's default.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 # Public name -> module that defines it; resolved lazily so `import mnc_tf` stays cheap and a

@@ -474,17 +474,17 @@ class CocoSource:
         for i in keep[~nonempty]:
             self.info.count("skipped", "empty_mask", key=(rec.image_id, int(i)), detail=rec.path)
         keep = keep[nonempty]
+        if self.drop_empty and len(keep) == 0:
+            self.info.count("skipped", "empty_image", key=rec.image_id, detail=rec.path)
+            return _failed(rec.image_id)
         masks = decode_rles(
             [r for r, ok in zip(rles, nonempty, strict=True) if ok], rec.height, rec.width, flip
         )
         boxes = rec.boxes[keep]
-        if flip:
+        if flip:  # preprocess.flip_left_right's mapping, in NumPy
             image = cv2.flip(image, 1)
             y1, x1, y2, x2 = boxes.T
             boxes = np.stack([y1, rec.width - x2, y2, rec.width - x1], axis=1)
-        if self.drop_empty and len(keep) == 0:
-            self.info.count("skipped", "empty_image", key=rec.image_id, detail=rec.path)
-            return _failed(rec.image_id)
         return (
             image,
             boxes,

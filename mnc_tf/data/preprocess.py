@@ -138,18 +138,24 @@ def flip_left_right(image, boxes, masks):
 def random_flip(image, boxes, masks, seed, probability=0.5):
     """:func:`flip_left_right` with ``probability``; ``seed`` is a stateless ``[2]`` seed."""
     image, boxes, masks = (tf.convert_to_tensor(t) for t in (image, boxes, masks))
-    coin = tf.random.stateless_uniform([], seed=seed) < probability
     return tf.cond(
-        coin,
+        _coin(seed, probability),
         lambda: flip_left_right(image, boxes, masks),
         lambda: (image, boxes, masks),
     )
 
 
+def _coin(seed, probability=0.5):
+    return tf.random.stateless_uniform([], seed=seed) < probability
+
+
+_FLIP_STREAM = 2  # the random stream of an element's flip decision (see _subseed)
+
+
 def flip_coin(seed):
     """The horizontal-flip decision of the element with int64 ``seed`` (bool scalar), the one
     :func:`augment_example` draws; the COCO loader uses it to flip while decoding."""
-    return tf.random.stateless_uniform([], seed=_subseed(seed, 2)) < 0.5
+    return _coin(_subseed(seed, _FLIP_STREAM))
 
 
 def random_scale_factor(seed, scale_jitter):
@@ -261,11 +267,7 @@ def augment_example(
     )
     boxes = box_ops.clip(scale_boxes(boxes, info), tf.cast(new_size, tf.float32))
     if flip:
-        image, boxes, masks = tf.cond(
-            flip_coin(seed),
-            lambda: flip_left_right(image, boxes, masks),
-            lambda: (image, boxes, masks),
-        )
+        image, boxes, masks = random_flip(image, boxes, masks, _subseed(seed, _FLIP_STREAM))
     return image, info, boxes, labels, masks
 
 
