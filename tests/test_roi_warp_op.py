@@ -118,6 +118,25 @@ def test_argmax_is_first_max_slot():
     assert np.all(tf.gather(argmax, outside).numpy() == 0)
 
 
+@pytest.mark.parametrize("crop_size,pooled_size,channels", [(28, 14, 21), (8, 4, 16), (9, 3, 9)])
+def test_pooled_values_and_argmax_equal_numpy_over_reference_crops(
+    crop_size, pooled_size, channels
+):
+    # The 2x2 window has its own kernel path (full channel groups, a tail group, boxes with
+    # samples outside the map); compare every value and every slot with NumPy applied to
+    # crop_and_resize's crops. Ties (all-zero windows outside the map) keep the first slot.
+    features, boxes, box_indices = mixed_inputs(seed=11, channels=channels)
+    pooled, argmax = OPS.mnc_roi_warp(features, boxes, box_indices, crop_size, pooled_size, 1 / 16)
+    crops = crop_and_pool(features, boxes, box_indices, crop_size, crop_size, 1 / 16).numpy()
+    k = crop_size // pooled_size
+    windows = crops.reshape(len(crops), pooled_size, k, pooled_size, k, channels)
+    windows = windows.transpose(0, 1, 3, 2, 4, 5).reshape(
+        len(crops), pooled_size, pooled_size, k * k, channels
+    )
+    np.testing.assert_allclose(pooled, windows.max(axis=3), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(argmax.numpy(), windows.argmax(axis=3))
+
+
 def test_no_boxes():
     features = tf.random.normal([2, 5, 6, 4])
     boxes = tf.zeros([0, 4])
