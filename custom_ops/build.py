@@ -27,7 +27,7 @@ import tempfile
 LIBRARY_NAME = "_mnc_ops.so"
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCE_DIR = os.path.join(_HERE, "roi_warp")
-_CC_SOURCES = ("roi_warp_ops.cc", "roi_warp_kernels.cc")
+_CC_SOURCES = ("roi_warp_ops.cc", "roi_warp_kernels.cc", "../rle/rle_decode.cc")
 _CU_SOURCES = ("roi_warp_kernels.cu.cc",)
 
 
@@ -128,7 +128,7 @@ def build(output_dir: str, with_cuda: bool | None = None, verbose: bool = True) 
     with tempfile.TemporaryDirectory(prefix="mnc_ops_build_") as tmp:
         objects = []
         for source in _CC_SOURCES:
-            obj = os.path.join(tmp, source + ".o")
+            obj = os.path.join(tmp, os.path.basename(source) + ".o")
             src = os.path.join(_SOURCE_DIR, source)
             _run([cxx, "-c", src, "-o", obj, *compile_flags, *cxx_flags], verbose)
             objects.append(obj)

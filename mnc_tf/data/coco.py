@@ -45,11 +45,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import logging
 import math
 import os
+import threading
 
 import cv2
 import numpy as np
@@ -60,6 +62,7 @@ from pycocotools.coco import COCO
 
 from mnc_tf.data import preprocess
 from mnc_tf.data.info import DatasetInfo
+from mnc_tf.ops import decode_rle, library_available
 
 logger = logging.getLogger("mnc_tf.data")
 
@@ -134,8 +137,28 @@ def clean_segmentation(segmentation, height, width):
     if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
         if [int(s) for s in segmentation["size"]] != [height, width]:
             return None, "missing_segmentation", None
+        if not _rle_covers(segmentation["counts"], height * width):
+            return None, "invalid_rle", None
         return segmentation, None, None
     return None, "missing_segmentation", None
+
+
+def _rle_covers(counts, num_pixels):
+    """True if RLE ``counts`` (a list of run lengths or a compressed string) parses, has no
+    negative run and covers exactly ``num_pixels`` (checked once, when parsing, so the
+    per-element decoder never meets a malformed string)."""
+    try:
+        if isinstance(counts, list):
+            runs = np.asarray(counts)
+            if runs.size and runs.dtype.kind not in "iu":
+                return False
+        elif isinstance(counts, (str, bytes)):
+            runs = rle_counts(counts)
+        else:
+            return False
+    except (ValueError, UnicodeEncodeError):
+        return False
+    return runs.size == 0 or (runs.min() >= 0 and int(runs.sum()) == num_pixels)
 
 
 def segmentation_to_rle(segmentation, height, width):
@@ -160,6 +183,8 @@ def rle_counts(counts):
     c = np.frombuffer(counts, np.uint8).astype(np.int64) - 48
     if c.size == 0:
         return np.zeros(0, np.int64)
+    if c.min() < 0 or c.max() > 63:
+        raise ValueError("invalid character in RLE string (outside '0'..'o')")
     ends = np.flatnonzero((c & 0x20) == 0)
     if ends.size == 0 or ends[-1] != c.size - 1:
         raise ValueError("truncated RLE string (last character continues a number)")
@@ -255,6 +280,25 @@ def decode_image(data):
         return None, None
 
 
+# JPEGs that TensorFlow's decoder takes directly (channels=3 gives RGB for all three).
+_TF_JPEG_MODES = ("RGB", "YCbCr", "L")
+
+
+def _tf_decodable_jpeg(data, header):
+    """True if ``data`` is a complete baseline/progressive 8-bit JPEG in a mode that
+    ``tf.io.decode_jpeg(channels=3)`` turns into the same RGB pixels as OpenCV.
+
+    The end-of-image marker must close the file: a truncated JPEG takes the Python path,
+    where it is decoded as far as it goes or counted as corrupt, instead of failing inside
+    TensorFlow.
+    """
+    return (
+        header.format == "JPEG"
+        and header.mode in _TF_JPEG_MODES
+        and data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
+    )
+
+
 _MODE_FIX = {
     "RGB": None,
     "YCbCr": None,
@@ -307,6 +351,9 @@ class CocoSource:
         self.image_dir = os.fspath(image_dir)
         self.drop_empty = bool(drop_empty)
         self.max_instances = int(max_instances)
+        # Masks are rasterised by the MncDecodeRle op when the op library is built (in
+        # parallel, outside the GIL); by the NumPy decoder otherwise.
+        self._native_masks = library_available()
         cats = sorted(self.coco.cats.values(), key=lambda c: int(c["id"]))
         self.info = DatasetInfo(
             class_names=[str(c.get("name", c["id"])) for c in cats],
@@ -411,50 +458,76 @@ class CocoSource:
 
     # -- per-element loading (runs inside tf.numpy_function) ------------------------
 
-    def _decode(self, rec):
-        """Read + decode one record's image; ``(image, None)`` or ``(None, reason)``."""
+    def _decode(self, rec, encoded_ok=False):
+        """Read + check one record's image.
+
+        Returns ``(image, encoded, None)`` or ``(None, None, reason)``. With ``encoded_ok``,
+        a complete RGB / grayscale JPEG of the annotated size is not decoded here:
+        ``encoded`` holds its bytes for ``tf.io.decode_jpeg`` (which runs without the GIL)
+        and ``image`` is ``None``; everything else is decoded with OpenCV / PIL as before.
+        """
         info = self.info
         try:
             with open(rec.path, "rb") as f:
                 data = f.read()
         except OSError as e:
             info.count("skipped", "missing_image", key=rec.image_id, detail=f"{rec.path}: {e}")
-            return None, "missing_image"
-        image, mode = decode_image(data)
+            return None, None, "missing_image"
+        try:
+            header = Image.open(io.BytesIO(data))  # reads the header only
+        except Exception:  # PIL raises many types for garbage; all mean "not an image"
+            header = None
+        if header is not None and encoded_ok and _tf_decodable_jpeg(data, header):
+            if header.size != (rec.width, rec.height):
+                return self._size_mismatch(rec, (header.size[1], header.size[0]))
+            fix = _MODE_FIX.get(header.mode)
+            if fix:
+                info.count("fixed", fix, key=rec.image_id, detail=f"{rec.path} ({header.mode})")
+            return None, data, None
+        image, mode = (None, None) if header is None else decode_image(data)
         if image is None:
             info.count("skipped", "corrupt_image", key=rec.image_id, detail=rec.path)
-            return None, "corrupt_image"
+            return None, None, "corrupt_image"
         fix = _MODE_FIX.get(mode, "converted_other")
         if fix:
             info.count("fixed", fix, key=rec.image_id, detail=f"{rec.path} ({mode})")
         if image.shape[:2] != (rec.height, rec.width):
-            info.count(
-                "skipped",
-                "size_mismatch",
-                key=rec.image_id,
-                detail=f"{rec.path}: decoded {image.shape[:2]}, "
-                f"annotated {(rec.height, rec.width)}",
-            )
-            return None, "size_mismatch"
-        return image, None
+            return self._size_mismatch(rec, image.shape[:2])
+        return image, None, None
 
-    def _load(self, index, flip=False):
-        """numpy_function body: record index → image, boxes, labels, masks, id, ok.
+    def _size_mismatch(self, rec, size):
+        self.info.count(
+            "skipped",
+            "size_mismatch",
+            key=rec.image_id,
+            detail=f"{rec.path}: decoded {tuple(size)}, annotated {(rec.height, rec.width)}",
+        )
+        return None, None, "size_mismatch"
 
-        ``flip``: mirror image, boxes and masks horizontally (OpenCV, 8x faster than
-        ``tf.reverse``; masks are flipped while they are transposed into place).
+    def _load(self, index, flip=False, position=-1, ledger=None):
+        """numpy_function body: record index → encoded JPEG or image, boxes, labels, masks or
+        RLE strings, size, id, ok.
+
+        ``flip``: mirror image, boxes and masks horizontally. ``position``/``ledger``: see
+        :class:`_DecodeLedger` (an index < 0 is the end-of-pass sentinel).
         """
-        rec = self.records[int(index)]
+        index = int(index)
+        if index < 0:
+            return _failed(-1)
+        rec = self.records[index]
         try:
-            return self._load_record(rec, bool(flip))
+            result = self._load_record(rec, bool(flip))
         except Exception as e:  # noqa: BLE001  (one bad record must not end the epoch)
             logger.debug("load error in %s", rec.path, exc_info=True)
             self.info.count("skipped", "load_error", key=rec.image_id, detail=f"{rec.path}: {e!r}")
             return _failed(rec.image_id)
+        if ledger is not None and result[-1]:
+            ledger.sent(int(position), rec, encoded=bool(result[0]))
+        return result
 
     def _load_record(self, rec, flip=False):
-        image, _ = self._decode(rec)
-        if image is None:
+        image, encoded, _ = self._decode(rec, encoded_ok=True)
+        if image is None and encoded is None:
             return _failed(rec.image_id)
         keep = np.arange(len(rec.labels))
         if len(keep) > self.max_instances:
@@ -477,31 +550,65 @@ class CocoSource:
         if self.drop_empty and len(keep) == 0:
             self.info.count("skipped", "empty_image", key=rec.image_id, detail=rec.path)
             return _failed(rec.image_id)
-        masks = decode_rles(
-            [r for r, ok in zip(rles, nonempty, strict=True) if ok], rec.height, rec.width, flip
-        )
+        rles = [r for r, ok in zip(rles, nonempty, strict=True) if ok]
+        if self._native_masks:  # decoded by the MncDecodeRle op, outside the GIL
+            strings = np.array([_as_bytes(r["counts"]) for r in rles], dtype=object)
+            masks = _NO_MASKS
+        else:
+            strings = _NO_STRINGS
+            masks = decode_rles(rles, rec.height, rec.width, flip)
         boxes = rec.boxes[keep]
         if flip:  # preprocess.flip_left_right's mapping, in NumPy
-            image = cv2.flip(image, 1)
+            if image is not None:  # (an encoded JPEG is flipped after tf.io.decode_jpeg)
+                image = cv2.flip(image, 1)
             y1, x1, y2, x2 = boxes.T
             boxes = np.stack([y1, rec.width - x2, y2, rec.width - x1], axis=1)
         return (
-            image,
+            np.array(b"" if encoded is None else encoded, dtype=object),
+            _NO_IMAGE if image is None else image,
             boxes,
             rec.labels[keep],
             masks,
+            strings,
+            np.array([rec.height, rec.width], np.int32),
             np.int64(rec.image_id),
             np.bool_(True),
         )
 
-    def _load_tf(self, index, flip=False):
-        image, boxes, labels, masks, image_id, ok = tf.numpy_function(
-            self._load,
-            [index, flip],
-            [tf.uint8, tf.float32, tf.int32, tf.uint8, tf.int64, tf.bool],
+    def _load_tf(self, index, flip=False, position=-1, ledger=None):
+        encoded, image, boxes, labels, masks, strings, size, image_id, ok = tf.numpy_function(
+            functools.partial(self._load, ledger=ledger),
+            [index, flip, position],
+            [
+                tf.string,
+                tf.uint8,
+                tf.float32,
+                tf.int32,
+                tf.uint8,
+                tf.string,
+                tf.int32,
+                tf.int64,
+                tf.bool,
+            ],
             name="mnc_load_coco_example",
         )
+        encoded.set_shape([])
         image.set_shape([None, None, 3])
+        strings.set_shape([None])
+        size.set_shape([2])
+        if self._native_masks:
+            flip_t = tf.convert_to_tensor(flip, tf.bool)
+            masks = decode_rle(strings, size[0], size[1], flip_t)
+
+        def decode():
+            decoded = tf.io.decode_jpeg(encoded, channels=3)
+            if isinstance(flip, bool):
+                return tf.reverse(decoded, [1]) if flip else decoded
+            return tf.cond(flip, lambda: tf.reverse(decoded, [1]), lambda: decoded)
+
+        # JPEGs are decoded here, in TensorFlow, outside the GIL (the numpy_function returns
+        # their bytes); other formats arrive decoded (and flipped) from Python.
+        image = tf.cond(tf.strings.length(encoded) > 0, decode, lambda: image)
         boxes.set_shape([None, 4])
         labels.set_shape([None])
         masks.set_shape([None, None, None])
@@ -514,10 +621,11 @@ class CocoSource:
             "masks": masks,
             "image_id": image_id,
             "ok": ok,
+            "position": tf.convert_to_tensor(position, tf.int64),
         }
 
-    def _load_tf_flipped(self, index, random):
-        example = self._load_tf(index, preprocess.flip_coin(random))
+    def _load_tf_flipped(self, index, random, position=-1, ledger=None):
+        example = self._load_tf(index, preprocess.flip_coin(random), position, ledger)
         example["random"] = random
         return example
 
@@ -598,12 +706,25 @@ class CocoSource:
         # Without a cache the loader flips while decoding (OpenCV, in place of tf.reverse
         # over image and masks); a cache holds unflipped examples, flipped afterwards.
         flip_at_load = flip and not cache
+        # JPEGs are decoded by tf.io.decode_jpeg after the Python loader has checked their
+        # header; one whose data is corrupt past the header can still fail there. Such an
+        # element is dropped by ignore_errors (the only op in the loading map that can fail:
+        # the Python loader catches everything) and counted by the ledger, which sees its
+        # position missing when the next element or the end-of-pass sentinel arrives.
+        ledger = _DecodeLedger(self.info)
         if flip_at_load:
-            ds = tf.data.Dataset.zip((ds, randoms)).map(
-                self._load_tf_flipped, num_parallel_calls=num_parallel_calls
-            )
-        else:
-            ds = ds.map(self._load_tf, num_parallel_calls=num_parallel_calls)
+            ds = tf.data.Dataset.zip((ds, randoms))
+        ds = ds.concatenate(_end_of_pass_sentinel(ds.element_spec)).enumerate()
+
+        def load(position, element):
+            if flip_at_load:
+                index, random = element
+                return self._load_tf_flipped(index, random, position, ledger)
+            return self._load_tf(element, False, position, ledger)
+
+        ds = ds.map(load, num_parallel_calls=num_parallel_calls)
+        ds = ds.ignore_errors()
+        ds = ds.map(ledger.arrived_tf)
         ds = ds.filter(_is_ok)
         if cache:
             ds = ds.cache("" if cache is True else os.fspath(cache))
@@ -677,6 +798,67 @@ class CocoSource:
         return ds
 
 
+class _DecodeLedger:
+    """Counts the JPEGs that TensorFlow's decoder rejected after the loader passed them.
+
+    The loader records the position (in the pass) of every element it hands on to the
+    TF ops that finish it (``tf.io.decode_jpeg``, the RLE decoder); after
+    ``ignore_errors``, elements arrive in order (the map is deterministic), so positions
+    recorded but skipped over were dropped by an error in those ops.
+    The end-of-pass sentinel (position of the last element + 1) settles the last ones; a
+    position lower than the previous one starts a new pass. One ledger per pipeline; two
+    iterators over one pipeline at the same time would confuse it (counts only). A pass
+    abandoned early may leave a decode error uncounted, never counts one that did not
+    happen.
+    """
+
+    def __init__(self, info):
+        self._info = info
+        self._lock = threading.Lock()
+        self._pending = {}
+        self._last = -1
+
+    def sent(self, position, rec, encoded):
+        with self._lock:
+            self._pending[position] = (rec, encoded)
+
+    def _settle(self, below):
+        for position in sorted(p for p in self._pending if p < below):
+            rec, encoded = self._pending.pop(position)
+            if encoded:
+                reason, why = "corrupt_image", "TensorFlow's JPEG decoder rejected the data"
+            else:  # cannot happen with annotations checked when parsing; never silent
+                reason, why = "load_error", "a TensorFlow op of the loader failed"
+            self._info.count("skipped", reason, key=rec.image_id, detail=f"{rec.path}: {why}")
+
+    def arrived(self, position):
+        position = int(position)
+        with self._lock:
+            if position <= self._last:
+                # A new iterator. The previous pass ended with its sentinel (everything
+                # settled) or was abandoned: its entries past the last arrival were
+                # prefetched but never consumed, not failed. (The new pass's first entries
+                # are below the sentinel's position, so they stay.)
+                for stale in [p for p in self._pending if p > self._last]:
+                    del self._pending[stale]
+            self._settle(position)
+            self._pending.pop(position, None)
+            self._last = position
+        return np.bool_(True)
+
+    def arrived_tf(self, example):
+        done = tf.numpy_function(self.arrived, [example["position"]], tf.bool, stateful=True)
+        with tf.control_dependencies([done]):
+            return {k: tf.identity(v) if k == "ok" else v for k, v in example.items()}
+
+
+def _end_of_pass_sentinel(element_spec):
+    """One element with record index -1 (the loader returns a not-ok element for it)."""
+    return tf.data.Dataset.from_tensors(
+        tf.nest.map_structure(lambda spec: tf.constant(-1, spec.dtype), element_spec)
+    )
+
+
 def _images_to_float(features, targets):
     return {**features, "images": tf.cast(features["images"], tf.float32)}, targets
 
@@ -685,12 +867,24 @@ def _is_ok(example):
     return example["ok"]
 
 
+def _as_bytes(counts):
+    return counts.encode("ascii") if isinstance(counts, str) else counts
+
+
+_NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
+_NO_MASKS = np.zeros((0, 0, 0), np.uint8)
+_NO_STRINGS = np.zeros(0, dtype=object)
+
+
 def _failed(image_id):
     return (
-        np.zeros((0, 0, 3), np.uint8),
+        np.array(b"", dtype=object),
+        _NO_IMAGE,
         np.zeros((0, 4), np.float32),
         np.zeros((0,), np.int32),
-        np.zeros((0, 0, 0), np.uint8),
+        _NO_MASKS,
+        _NO_STRINGS,
+        np.zeros(2, np.int32),
         np.int64(image_id),
         np.bool_(False),
     )

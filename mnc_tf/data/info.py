@@ -38,6 +38,7 @@ SKIP_REASONS = {
     "unknown_category": "annotation's category_id is not in 'categories' (annotation skipped)",
     "missing_segmentation": "annotation has no usable 'segmentation' (annotation skipped)",
     "invalid_polygon": "every polygon has fewer than 3 points (annotation skipped)",
+    "invalid_rle": "RLE 'counts' malformed or not covering the image (annotation skipped)",
     "zero_area_box": "bbox width or height <= 0 (annotation skipped)",
     "box_outside_image": "bbox lies entirely outside the image (annotation skipped)",
     "empty_mask": "segmentation covers no pixel (annotation skipped)",

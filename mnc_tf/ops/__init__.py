@@ -1,6 +1,7 @@
-"""TensorFlow ops of mnc_tf: RoI warping (custom op and stock-op reference)."""
+"""TensorFlow ops of mnc_tf: RoI warping (custom op and stock-op reference), RLE masks."""
 
 from mnc_tf.ops._loader import OpLibraryNotFoundError, library_available, load_library
+from mnc_tf.ops.rle import decode_rle
 from mnc_tf.ops.roi_warp import (
     get_roi_warp_implementation,
     resolve_roi_warp_implementation,
@@ -11,6 +12,7 @@ from mnc_tf.ops.roi_warp import (
 
 __all__ = [
     "OpLibraryNotFoundError",
+    "decode_rle",
     "get_roi_warp_implementation",
     "library_available",
     "load_library",
