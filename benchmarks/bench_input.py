@@ -4,12 +4,13 @@
     python benchmarks/bench_input.py --quick          # fewer images
 
 For each setting a synthetic shapes dataset (``make_shapes_dataset``) is written to a
-temporary folder and the variants below are timed in **steady state**: each gets one
-repeating iterator (as a training epoch does), a warm-up (files in the page cache, buffers
-full), then the variants take turns for three rounds of one dataset's worth of images and
-the fastest round of each is reported, because the machine may be shared. ``*_cold_pass``
-figures time whole passes with a fresh iterator each, start-up included (~0.1 s for the
-full pipeline, ~0.015 s for decode-only: it weighs on a 100-image pass, not on an epoch).
+temporary folder and the variants below are timed in **steady state**, as a training epoch
+runs: in each of three rounds every variant opens a repeating iterator, consumes 100 images
+untimed (start-up, buffers filling), times the next 200 and closes the iterator; the
+variants take turns and the fastest round of each is reported, because the machine may be
+shared. ``*_cold_pass`` figures time whole passes with a fresh iterator each, start-up
+included (~0.1 s for the full pipeline, ~0.015 s for decode-only: it weighs on a 100-image
+pass, not on an epoch); ``naive_python`` is timed that way too (it has no start-up).
 
 * ``full``: ``coco_dataset(training=True)`` — decode, masks, resize, random flip, pad,
   batch, prefetch — the training pipeline, ``num_parallel_calls=AUTOTUNE``;
@@ -76,34 +77,35 @@ def _stream(make):
     return itertools.chain.from_iterable(make() for _ in itertools.count())
 
 
-def _rates(candidates, round_images=200, settle_images=120, rounds=3):
+def _rates(candidates, round_images=200, settle_images=100, rounds=3):
     """Steady-state ``{name: images/s}`` for ``candidates = {name: (make, images_per_item)}``.
 
-    Every candidate gets one endless iterator (:func:`_stream`); then the candidates take
-    turns for ``rounds`` rounds and the fastest round of each is kept: the machine is
-    shared, so taking turns exposes every candidate to the same neighbours, and slower
-    rounds measure the neighbours. A turn first consumes ``settle_images`` untimed: while
-    the other candidates ran, this one's prefetch buffers filled up, and timing them would
-    measure a buffer, not a pipeline; then ``round_images`` are timed.
+    The candidates take turns for ``rounds`` rounds and the fastest round of each is kept:
+    the machine is shared, so taking turns exposes every candidate to the same neighbours,
+    and slower rounds measure the neighbours. A turn opens one endless iterator
+    (:func:`_stream`), consumes ``settle_images`` untimed (start-up, buffers filling), times
+    the next ``round_images`` and closes the iterator, so only the timed pipeline's threads
+    and buffers are alive while it is timed.
     """
-    streams = {name: _stream(make) for name, (make, _) in candidates.items()}
-    try:
-        best = dict.fromkeys(candidates, 0.0)
-        for _ in range(rounds):
-            for name, (_, per_item) in candidates.items():
+    best = dict.fromkeys(candidates, 0.0)
+    for _ in range(rounds):
+        for name, (make, per_item) in candidates.items():
+            stream = _stream(make)
+            try:
                 for _ in range(max(1, settle_images // per_item)):
-                    next(streams[name])
+                    next(stream)
                 items = max(1, round_images // per_item)
                 start = time.perf_counter()
                 for _ in range(items):
-                    next(streams[name])
+                    next(stream)
                 rate = items * per_item / (time.perf_counter() - start)
-                best[name] = max(best[name], rate)
-        return best
-    finally:
-        # Iterators whose pipelines call Python (tf.numpy_function) must be released before
-        # the interpreter exits, or their threads can wait on the GIL forever.
-        streams.clear()
+            finally:
+                # Iterators over pipelines that call Python (tf.numpy_function) must be
+                # released before the interpreter exits, or their threads can wait on the
+                # GIL forever.
+                del stream
+            best[name] = max(best[name], rate)
+    return best
 
 
 def _cold_rates(candidates, passes=3):
