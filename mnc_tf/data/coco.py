@@ -718,9 +718,10 @@ class CocoSource:
         flip_at_load = flip and not cache
         # JPEGs are decoded by tf.io.decode_jpeg after the Python loader has checked their
         # header; one whose data is corrupt past the header can still fail there. Such an
-        # element is dropped by ignore_errors (the only op in the loading map that can fail:
-        # the Python loader catches everything) and counted by the ledger, which sees its
-        # position missing when the next element or the end-of-pass sentinel arrives.
+        # element is dropped by ignore_errors (the Python loader catches everything, and the
+        # RLE decoder only meets strings validated when parsing) and counted by the ledger,
+        # which sees its position missing when the next element or the end-of-pass sentinel
+        # arrives. The ledger's map is sequential on purpose: it must see positions in order.
         ledger = _DecodeLedger(self.info)
         if flip_at_load:
             ds = tf.data.Dataset.zip((ds, randoms))
