@@ -138,16 +138,14 @@ inline void StoreSlots(uint8_t* p, Vec slots, int n) {
   std::memcpy(p, &bytes, n);
 }
 
-// Channels [c, c + n) of one output cell: max over the window's samples and
-// the slot of the first maximum. kSlots > 0 fixes the window size at compile
-// time; kN > 0 fixes n.
-template <int kSlots, int kN>
+// Channels [c, c + n) of one output cell of any window size: max over the
+// window's samples and the slot of the first maximum. kN > 0 fixes n.
+template <int kN>
 inline void ForwardCellLanes(const SamplePtrs* win, int slots, int64_t c, int n, float* out,
                              uint8_t* arg) {
-  const int num_slots = kSlots > 0 ? kSlots : slots;
   const int lanes = kN > 0 ? kN : n;
   Vec best = {}, best_slot = {};
-  for (int slot = 0; slot < num_slots; ++slot) {
+  for (int slot = 0; slot < slots; ++slot) {
     const SamplePtrs& s = win[slot];
     const Vec v = BilinearVec(LoadVec(s.tl + c, lanes), LoadVec(s.tr + c, lanes),
                               LoadVec(s.bl + c, lanes), LoadVec(s.br + c, lanes), s.y_lerp,
@@ -164,13 +162,12 @@ inline void ForwardCellLanes(const SamplePtrs* win, int slots, int64_t c, int n,
   StoreSlots(arg + c, best_slot, lanes);
 }
 
-template <int kSlots>
 inline void ForwardCell(const SamplePtrs* win, int slots, int64_t C, float* out, uint8_t* arg) {
   int64_t c = 0;
   for (; c + kLanes <= C; c += kLanes) {
-    ForwardCellLanes<kSlots, kLanes>(win, slots, c, kLanes, out, arg);
+    ForwardCellLanes<kLanes>(win, slots, c, kLanes, out, arg);
   }
-  if (c < C) ForwardCellLanes<kSlots, 0>(win, slots, c, static_cast<int>(C - c), out, arg);
+  if (c < C) ForwardCellLanes<0>(win, slots, c, static_cast<int>(C - c), out, arg);
 }
 
 // 2x2 pooling windows (the default 28 -> 14), written so that the 16 corner
@@ -282,7 +279,7 @@ inline void ForwardBoxes(const float* features, const float* boxes, const int32_
             }
           }
         }
-        ForwardCell<0>(window.data(), slots, C, output + cell, argmax + cell);
+        ForwardCell(window.data(), slots, C, output + cell, argmax + cell);
       }
     }
   }

@@ -268,17 +268,19 @@ def ground_truth_instances(coco, image_id, category_ids):
     }
 
 
-def decode_image(data):
+def decode_image(data, mode=None):
     """Encoded bytes → ``(uint8 [H, W, 3] RGB, PIL mode)``; ``(None, None)`` if undecodable.
 
     OpenCV decodes (fast, GIL released, EXIF orientation ignored because COCO annotations
     refer to the stored pixels); PIL reads only the header to tell which conversion happened
-    and decodes the formats OpenCV lacks (e.g. GIF).
+    (skipped when the caller already read it and passes ``mode``) and decodes the formats
+    OpenCV lacks (e.g. GIF).
     """
-    try:
-        mode = Image.open(io.BytesIO(data)).mode
-    except Exception:  # PIL raises many types for garbage; all mean "not an image"
-        return None, None
+    if mode is None:
+        try:
+            mode = Image.open(io.BytesIO(data)).mode
+        except Exception:  # PIL raises many types for garbage; all mean "not an image"
+            return None, None
     buf = np.frombuffer(data, np.uint8)
     image = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is not None:
@@ -494,7 +496,7 @@ class CocoSource:
             if fix:
                 info.count("fixed", fix, key=rec.image_id, detail=f"{rec.path} ({header.mode})")
             return None, data, None
-        image, mode = (None, None) if header is None else decode_image(data)
+        image, mode = (None, None) if header is None else decode_image(data, header.mode)
         if image is None:
             info.count("skipped", "corrupt_image", key=rec.image_id, detail=rec.path)
             return None, None, "corrupt_image"
@@ -606,14 +608,12 @@ class CocoSource:
         image.set_shape([None, None, 3])
         strings.set_shape([None])
         size.set_shape([2])
+        flip = tf.convert_to_tensor(flip, tf.bool)
         if self._native_masks:
-            flip_t = tf.convert_to_tensor(flip, tf.bool)
-            masks = decode_rle(strings, size[0], size[1], flip_t)
+            masks = decode_rle(strings, size[0], size[1], flip)
 
         def decode():
             decoded = tf.io.decode_jpeg(encoded, channels=3)
-            if isinstance(flip, bool):
-                return tf.reverse(decoded, [1]) if flip else decoded
             return tf.cond(flip, lambda: tf.reverse(decoded, [1]), lambda: decoded)
 
         # JPEGs are decoded here, in TensorFlow, outside the GIL (the numpy_function returns
