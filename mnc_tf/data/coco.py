@@ -72,7 +72,7 @@ from pycocotools.coco import COCO
 
 from mnc_tf.data import preprocess
 from mnc_tf.data.info import DatasetInfo
-from mnc_tf.ops import decode_rle, library_available
+from mnc_tf.ops import library_available, rasterize_masks
 
 logger = logging.getLogger("mnc_tf.data")
 
@@ -336,6 +336,7 @@ class _Record:
     boxes: np.ndarray  # float32 [n, 4] yxyx original pixels, clipped
     labels: np.ndarray  # int32 [n]
     segmentations: list  # cleaned COCO segmentations, one per row of boxes
+    instances: tuple | None = None  # CocoSource._instances, once computed
 
 
 class CocoSource:
@@ -537,10 +538,16 @@ class CocoSource:
             ledger.sent(int(position), rec, encoded=bool(result[0]))
         return result
 
-    def _load_record(self, rec, flip=False):
-        image, encoded, _ = self._decode(rec, encoded_ok=True)
-        if image is None and encoded is None:
-            return _failed(rec.image_id)
+    def _instances(self, rec):
+        """``(boxes, labels, rles, strings)`` of the instances of ``rec`` that enter the
+        pipeline: at most ``max_instances`` (the largest), empty masks dropped (both
+        counted), as compressed RLEs and, for the mask op, their ``counts`` strings.
+
+        Computed on the record's first load and kept on it, so later epochs skip the
+        polygon rasterisation (memory: about the size of the polygons themselves).
+        """
+        if rec.instances is not None:
+            return rec.instances
         keep = np.arange(len(rec.labels))
         if len(keep) > self.max_instances:
             # Keep the largest instances: the smallest carry the least training signal.
@@ -559,17 +566,25 @@ class CocoSource:
         for i in keep[~nonempty]:
             self.info.count("skipped", "empty_mask", key=(rec.image_id, int(i)), detail=rec.path)
         keep = keep[nonempty]
-        if self.drop_empty and len(keep) == 0:
+        rles = [r for r, ok in zip(rles, nonempty, strict=True) if ok]
+        strings = np.array([_as_bytes(r["counts"]) for r in rles], dtype=object)
+        # (Two loader threads may both compute it; the results are equal.)
+        rec.instances = (rec.boxes[keep], rec.labels[keep], rles, strings)
+        return rec.instances
+
+    def _load_record(self, rec, flip=False):
+        image, encoded, _ = self._decode(rec, encoded_ok=True)
+        if image is None and encoded is None:
+            return _failed(rec.image_id)
+        boxes, labels, rles, strings = self._instances(rec)
+        if self.drop_empty and len(labels) == 0:
             self.info.count("skipped", "empty_image", key=rec.image_id, detail=rec.path)
             return _failed(rec.image_id)
-        rles = [r for r, ok in zip(rles, nonempty, strict=True) if ok]
-        if self._native_masks:  # decoded by the MncDecodeRle op, outside the GIL
-            strings = np.array([_as_bytes(r["counts"]) for r in rles], dtype=object)
+        if self._native_masks:  # rasterised by the MncRasterizeMasks op, outside the GIL
             masks = _NO_MASKS
         else:
             strings = _NO_STRINGS
             masks = decode_rles(rles, rec.height, rec.width, flip)
-        boxes = rec.boxes[keep]
         if flip:  # preprocess.flip_left_right's mapping, in NumPy
             if image is not None:  # (an encoded JPEG is flipped after tf.io.decode_jpeg)
                 image = cv2.flip(image, 1)
@@ -579,7 +594,7 @@ class CocoSource:
             np.array(b"" if encoded is None else encoded, dtype=object),
             _NO_IMAGE if image is None else image,
             boxes,
-            rec.labels[keep],
+            labels,
             masks,
             strings,
             np.array([rec.height, rec.width], np.int32),
@@ -609,8 +624,6 @@ class CocoSource:
         strings.set_shape([None])
         size.set_shape([2])
         flip = tf.convert_to_tensor(flip, tf.bool)
-        if self._native_masks:
-            masks = decode_rle(strings, size[0], size[1], flip)
 
         def decode():
             decoded = tf.io.decode_jpeg(encoded, channels=3)
@@ -621,18 +634,25 @@ class CocoSource:
         image = tf.cond(tf.strings.length(encoded) > 0, decode, lambda: image)
         boxes.set_shape([None, 4])
         labels.set_shape([None])
-        masks.set_shape([None, None, None])
         image_id.set_shape([])
         ok.set_shape([])
-        return {
+        example = {
             "image": image,
             "boxes": boxes,
             "labels": labels,
-            "masks": masks,
             "image_id": image_id,
             "ok": ok,
             "position": tf.convert_to_tensor(position, tf.int64),
         }
+        if self._native_masks:
+            # Masks stay RLE strings until the batch is complete: MncRasterizeMasks then
+            # decodes, flips, resizes and pads them straight into the batch tensor.
+            example["rles"] = strings
+            example["mask_flip"] = flip
+        else:
+            masks.set_shape([None, None, None])
+            example["masks"] = masks
+        return example
 
     def _load_tf_flipped(self, index, random, position=-1, ledger=None):
         example = self._load_tf(index, preprocess.flip_coin(random), position, ledger)
@@ -673,9 +693,11 @@ class CocoSource:
         drop_remainder=None,
         input_context=None,
         num_parallel_calls=tf.data.AUTOTUNE,
+        image_dtype=tf.uint8,
     ):
         """Build one pipeline; see :func:`coco_dataset` for the arguments."""
         batch_size = _positive_int(batch_size, "batch_size")
+        image_dtype = _image_dtype(image_dtype)
         if short_side <= 0 or max_side <= 0:
             raise ValueError(
                 f"short_side and max_side must be > 0, got {short_side} and {max_side}"
@@ -748,12 +770,15 @@ class CocoSource:
         else:
             ds = tf.data.Dataset.zip((ds, randoms))
 
+        native = self._native_masks
+        hp, wp, n = pad_to[0], pad_to[1], self.max_instances
+
         def prepare(example, random):
             image, info, boxes, labels, masks = preprocess.augment_example(
                 example["image"],
                 example["boxes"],
                 example["labels"],
-                example["masks"],
+                example.get("masks"),
                 short_side=short_side,
                 max_side=max_side,
                 max_size=pad_to,
@@ -762,20 +787,36 @@ class CocoSource:
                 seed=random,
             )
             features = {"images": image, "image_info": info, "image_id": example["image_id"]}
-            targets = {"boxes": boxes, "labels": labels, "masks": masks}
+            targets = {"boxes": boxes, "labels": labels}
+            if native:
+                targets["rles"] = example["rles"]
+                mask_flip = example["mask_flip"]
+                if flip and not flip_at_load:  # the decision augment_example just drew
+                    mask_flip = preprocess.flip_coin(random)
+                targets["mask_flip"] = mask_flip
+            else:
+                targets["masks"] = masks
             return features, targets
 
         ds = ds.map(prepare, num_parallel_calls=num_parallel_calls)
-        # Padding happens while batching: padded_batch writes each padded batch once, where
-        # padding every element first would allocate and copy the (mostly zero) [N, Hp, Wp]
-        # masks twice. The loader already cut instances to max_instances, and the resize
-        # cap keeps every image within pad_to, so the fixed shapes always fit.
-        hp, wp, n = pad_to[0], pad_to[1], self.max_instances
+        # Padding happens while batching: padded_batch writes each padded batch once. The
+        # loader already cut instances to max_instances, and the resize cap keeps every
+        # image within pad_to, so the fixed shapes always fit. Natively, masks travel as
+        # RLE strings ("" pads) and are rasterised into the finished batch (_finish_batch);
+        # otherwise as decoded [n, h, w] masks, zero-padded here.
+        target_shapes = {"boxes": [n, 4], "labels": [n]}
+        target_padding = {"boxes": -1.0, "labels": -1}
+        if native:
+            target_shapes.update(rles=[n], mask_flip=[])
+            target_padding.update(rles="", mask_flip=False)
+        else:
+            target_shapes["masks"] = [n, hp, wp]
+            target_padding["masks"] = tf.constant(0, tf.uint8)
         ds = ds.padded_batch(
             batch_size,
             padded_shapes=(
                 {"images": [hp, wp, 3], "image_info": [4, 2], "image_id": []},
-                {"boxes": [n, 4], "labels": [n], "masks": [n, hp, wp]},
+                target_shapes,
             ),
             padding_values=(
                 {
@@ -783,17 +824,14 @@ class CocoSource:
                     "image_info": 0.0,
                     "image_id": tf.constant(0, tf.int64),
                 },
-                {
-                    "boxes": -1.0,
-                    "labels": -1,
-                    "masks": tf.constant(0, tf.uint8),
-                },
+                target_padding,
             ),
             drop_remainder=drop_remainder,
         )
-        # Images stay uint8 up to here (decode, flip, pad, batch move a quarter of the bytes);
-        # one cast per finished batch gives the float32 images of the contract.
-        ds = ds.map(_images_to_float, num_parallel_calls=num_parallel_calls)
+        ds = ds.map(
+            functools.partial(_finish_batch, padded_size=(hp, wp), image_dtype=image_dtype),
+            num_parallel_calls=num_parallel_calls,
+        )
         ds = ds.prefetch(tf.data.AUTOTUNE)
         options = tf.data.Options()
         options.deterministic = True
@@ -870,8 +908,29 @@ def _end_of_pass_sentinel(element_spec):
     )
 
 
-def _images_to_float(features, targets):
-    return {**features, "images": tf.cast(features["images"], tf.float32)}, targets
+def _finish_batch(features, targets, padded_size, image_dtype):
+    """Batch-level work: images cast to ``image_dtype`` if that is not uint8, and, on the
+    native path, the masks rasterised from their RLE strings straight into
+    ``[B, N, Hp, Wp]``."""
+    if image_dtype != tf.uint8:
+        features = {**features, "images": tf.cast(features["images"], image_dtype)}
+    if "rles" in targets:
+        targets = dict(targets)
+        sizes = tf.cast(tf.round(features["image_info"][:, :2]), tf.int32)
+        targets["masks"] = rasterize_masks(
+            targets.pop("rles"), sizes[:, 0], sizes[:, 1], targets.pop("mask_flip"), padded_size
+        )
+    return features, targets
+
+
+def _image_dtype(dtype):
+    try:
+        dtype = tf.as_dtype(dtype)
+    except TypeError:
+        dtype = None
+    if dtype not in (tf.uint8, tf.float16, tf.bfloat16, tf.float32):
+        raise ValueError(f"image_dtype must be uint8, float16, bfloat16 or float32, got {dtype}")
+    return dtype
 
 
 def _is_ok(example):
@@ -937,13 +996,14 @@ def coco_dataset(
     input_context=None,
     verify_images=False,
     num_parallel_calls=tf.data.AUTOTUNE,
+    image_dtype=tf.uint8,
 ):
     """A batched ``tf.data.Dataset`` of ``(features, targets)`` from a COCO instances JSON.
 
     Element (docs/CONTRACTS.md), ``B = batch_size``, ``(Hp, Wp) = pad_to``,
     ``N = max_instances``::
 
-      features = {"images": float32 [B, Hp, Wp, 3] RGB 0..255 (not normalised),
+      features = {"images": uint8 [B, Hp, Wp, 3] RGB (not normalised; see image_dtype),
                   "image_info": float32 [B, 4, 2], "image_id": int64 [B]}
       targets  = {"boxes": float32 [B, N, 4] yxyx resized pixels, -1 padding,
                   "labels": int32 [B, N] 1..C, -1 padding,
@@ -977,6 +1037,10 @@ def coco_dataset(
       verify_images: decode every image once up front so corrupt files are counted before
         the first epoch (slow on big datasets); otherwise they are found lazily.
       num_parallel_calls: parallelism of the decode and prepare maps.
+      image_dtype: dtype of ``features["images"]``. uint8 (default) is what the model
+        wants: it casts and normalises on its device, and a uint8 batch is a quarter of
+        the bytes to assemble on the CPU and to copy to a GPU. ``tf.float32`` (values
+        0..255) for consumers that need floats.
     """
     return coco_dataset_fn(
         annotation_file,
@@ -998,6 +1062,7 @@ def coco_dataset(
         drop_remainder=drop_remainder,
         verify_images=verify_images,
         num_parallel_calls=num_parallel_calls,
+        image_dtype=image_dtype,
     )(input_context)
 
 

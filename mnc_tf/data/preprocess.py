@@ -123,7 +123,8 @@ def flip_left_right(image, boxes, masks):
     """Mirror an unpadded image, its boxes and masks horizontally.
 
     Args:
-      image: ``[h, w, C]``; boxes: ``[N, 4]`` yxyx pixels of this image; masks: ``[N, h, w]``.
+      image: ``[h, w, C]``; boxes: ``[N, 4]`` yxyx pixels of this image; masks: ``[N, h, w]``
+        or ``None`` (masks still RLE strings, flipped when rasterised).
 
     Returns:
       The flipped ``(image, boxes, masks)``; a box ``[y1, x1, y2, x2]`` becomes
@@ -132,12 +133,21 @@ def flip_left_right(image, boxes, masks):
     width = tf.cast(tf.shape(image)[1], boxes.dtype)
     y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
     flipped_boxes = tf.stack([y1, width - x2, y2, width - x1], axis=-1)
-    return tf.reverse(image, [1]), flipped_boxes, tf.reverse(masks, [2])
+    masks = None if masks is None else tf.reverse(masks, [2])
+    return tf.reverse(image, [1]), flipped_boxes, masks
 
 
 def random_flip(image, boxes, masks, seed, probability=0.5):
     """:func:`flip_left_right` with ``probability``; ``seed`` is a stateless ``[2]`` seed."""
-    image, boxes, masks = (tf.convert_to_tensor(t) for t in (image, boxes, masks))
+    image, boxes = tf.convert_to_tensor(image), tf.convert_to_tensor(boxes)
+    if masks is None:
+        image, boxes = tf.cond(
+            _coin(seed, probability),
+            lambda: flip_left_right(image, boxes, None)[:2],
+            lambda: (image, boxes),
+        )
+        return image, boxes, None
+    masks = tf.convert_to_tensor(masks)
     return tf.cond(
         _coin(seed, probability),
         lambda: flip_left_right(image, boxes, masks),
@@ -219,7 +229,8 @@ def augment_example(
     Args:
       image: uint8 ``[H, W, 3]`` original image.
       boxes: float32 ``[n, 4]`` yxyx original pixels; labels: int32 ``[n]``;
-      masks: uint8 ``[n, H, W]``.
+      masks: uint8 ``[n, H, W]``, or ``None`` when they are rasterised later (the COCO
+        pipeline's RLE path): then ``None`` is returned for them.
       short_side, max_side: resize targets.
       max_size: optional ``(H_max, W_max)`` the resized image must fit (the padded size).
       flip: random horizontal flip with probability 0.5.
@@ -260,11 +271,14 @@ def augment_example(
         def resample(im):
             return tf.image.resize(im, new_size)
 
-    image, masks = tf.cond(
-        same_size,
-        lambda: (image, masks),
-        lambda: (resample(image), resize_masks(masks, new_size)),
-    )
+    if masks is None:
+        image = tf.cond(same_size, lambda: image, lambda: resample(image))
+    else:
+        image, masks = tf.cond(
+            same_size,
+            lambda: (image, masks),
+            lambda: (resample(image), resize_masks(masks, new_size)),
+        )
     boxes = box_ops.clip(scale_boxes(boxes, info), tf.cast(new_size, tf.float32))
     if flip:
         image, boxes, masks = random_flip(image, boxes, masks, _subseed(seed, _FLIP_STREAM))

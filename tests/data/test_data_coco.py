@@ -86,7 +86,7 @@ def test_fixed_shapes_and_dtypes(shapes):
     )  # fmt: skip
     features, targets = ds.element_spec
     assert features["images"].shape == (4, 96, 96, 3)  # 64 * 80/64 * 1.2 = 96
-    assert features["images"].dtype == tf.float32
+    assert features["images"].dtype == tf.uint8
     assert features["image_info"].shape == (4, 4, 2)
     assert features["image_id"].dtype == tf.int64
     assert targets["boxes"].shape == (4, 6, 4)
@@ -237,3 +237,18 @@ def test_memory_cache_gives_the_same_elements(shapes):
         for x, y in zip(plain, _elements(cached_ds), strict=True):
             np.testing.assert_array_equal(x["masks"], y["masks"])
             np.testing.assert_array_equal(x["images"], y["images"])
+
+
+def test_image_dtype_float32_gives_the_same_pixels_and_bad_dtype_is_named(shapes):
+    kwargs = dict(batch_size=2, training=True, seed=3, short_side=80, max_side=80)
+    as_uint8 = list(coco_dataset(shapes.annotation_file, shapes.image_dir, **kwargs))
+    as_float = list(
+        coco_dataset(shapes.annotation_file, shapes.image_dir, image_dtype="float32", **kwargs)
+    )
+    assert len(as_uint8) == len(as_float) == 5
+    for (f8, t8), (f32, t32) in zip(as_uint8, as_float, strict=True):
+        assert f8["images"].dtype == tf.uint8 and f32["images"].dtype == tf.float32
+        np.testing.assert_array_equal(f8["images"].numpy().astype(np.float32), f32["images"])
+        np.testing.assert_array_equal(t8["masks"], t32["masks"])
+    with pytest.raises(ValueError, match="image_dtype must be uint8, float16, bfloat16 or"):
+        coco_dataset(shapes.annotation_file, shapes.image_dir, image_dtype=tf.int32)

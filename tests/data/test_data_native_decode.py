@@ -1,5 +1,6 @@
-"""The loader's TF-side work: JPEGs decoded by tf.io.decode_jpeg, masks by the MncDecodeRle
-op; references are pycocotools, OpenCV and the loader's NumPy path."""
+"""The loader's TF-side work: JPEGs decoded by tf.io.decode_jpeg, masks by the
+MncRasterizeMasks op; references are pycocotools, tf.image.resize, OpenCV and the loader's
+NumPy path."""
 
 import io
 import json
@@ -15,7 +16,7 @@ from pycocotools.coco import COCO
 
 from mnc_tf.data import coco_dataset, make_shapes_dataset
 from mnc_tf.data.coco import CocoSource
-from mnc_tf.ops import decode_rle, library_available
+from mnc_tf.ops import decode_rle, library_available, rasterize_masks
 
 pytestmark = pytest.mark.skipif(not library_available(), reason="op library not built")
 
@@ -51,14 +52,85 @@ def test_decode_rle_polygons_and_empty_list():
 @pytest.mark.parametrize(
     "counts,message",
     [
-        (b"1:", r"mask 0: RLE runs cover 11 pixels, not 5x5 = 25"),
-        (b"P", r"mask 0: truncated RLE string"),
-        (b"\x01\x02", r"mask 0: invalid character in RLE string"),
+        (b"1:", r"counts\[0, 0\]: RLE runs cover 11 pixels, not 5x5 = 25"),
+        (b"P", r"counts\[0, 0\]: truncated RLE string"),
+        (b"\x01\x02", r"counts\[0, 0\]: invalid character in RLE string"),
     ],
 )
 def test_decode_rle_bad_strings_name_the_mask(counts, message):
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         decode_rle([counts], 5, 5)
+
+
+def _blobs(rng, k, height, width):
+    """k masks mixing blocky shapes (long runs) and per-pixel noise (ties everywhere)."""
+    cells = rng.random((k, height // 4 + 1, width // 4 + 1)) > 0.5
+    masks = np.stack([np.kron(c, np.ones((4, 4)))[:height, :width] for c in cells])
+    masks[0] = rng.random((height, width)) > 0.5
+    return masks.astype(np.uint8)
+
+
+def test_rasterize_masks_equals_tf_image_resize_then_threshold():
+    # Independent reference: pycocotools decode, NumPy flip, tf.image.resize (bilinear,
+    # half-pixel centres) >= 0.5, zero padding. Sizes cover up- and downsampling by odd
+    # factors, 1-pixel sides and equal sizes (no resampling).
+    rng = np.random.default_rng(11)
+    sizes = [((37, 53), (80, 61)), ((64, 48), (32, 24)), ((1, 9), (5, 3)), ((40, 40), (40, 40))]
+    sizes += [((int(a), int(b)), (int(c), int(d))) for a, b, c, d in rng.integers(1, 90, (4, 4))]
+    for (sh, sw), (th, tw) in sizes:
+        batch, counts, expected = 3, [], []
+        hp, wp = th + 3, tw + 7
+        flips = [False, True, True]
+        for b in range(batch):
+            masks = _blobs(rng, 2 + b, sh, sw)
+            row = _encode(masks) + [b""] * (4 - len(masks))  # "" = padding row
+            counts.append(row)
+            src = masks[:, :, ::-1] if flips[b] else masks
+            ref = tf.image.resize(tf.cast(src[..., None], tf.float32), (th, tw))[..., 0] >= 0.5
+            plane = np.zeros((4, hp, wp), np.uint8)
+            plane[: len(masks), :th, :tw] = ref.numpy()
+            expected.append(plane)
+        out = rasterize_masks(counts, [[sh, sw]] * batch, [[th, tw]] * batch, flips, [hp, wp])
+        assert out.dtype == tf.uint8 and out.shape == (batch, 4, hp, wp)
+        np.testing.assert_array_equal(out.numpy(), np.stack(expected), err_msg=f"{sh, sw, th, tw}")
+
+
+def test_rasterize_masks_per_image_sizes_and_static_shape():
+    rng = np.random.default_rng(12)
+    a, b = _blobs(rng, 2, 30, 20), _blobs(rng, 2, 17, 41)
+    counts = [_encode(a), _encode(b)]
+    out = rasterize_masks(
+        counts, [[30, 20], [17, 41]], [[45, 30], [17, 41]], [False, True], [64, 64]
+    )
+    np.testing.assert_array_equal(out[1, :, :17, :41], b[:, :, ::-1])
+    ref = tf.image.resize(tf.cast(a[..., None], tf.float32), (45, 30))[..., 0] >= 0.5
+    np.testing.assert_array_equal(out[0, :, :45, :30], ref.numpy())
+    assert not out[0, :, 45:].numpy().any() and not out[0, :, :, 30:].numpy().any()
+
+    fn = tf.function(lambda c, s: rasterize_masks(c, s, s, [False], [32, 64]))
+    spec = fn.get_concrete_function(
+        tf.TensorSpec([1, None], tf.string), tf.TensorSpec([1, 2], tf.int32)
+    )
+    assert spec.output_shapes.as_list() == [1, None, 32, 64]
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(counts=[b"", b""]), r"counts must be \[B, N\] RLE strings, got shape \[2\]"),
+        (dict(source_size=[[4, 4, 4]]), r"source_size must be int32 \[B, 2\] = \[1, 2\]"),
+        (dict(target_size=[[9, 4]]), r"target_size\[0\] must lie in \[0, padded_size\]"),
+        (dict(flip=[True, False]), r"flip must be bool \[B\] = \[1\], got shape \[2\]"),
+        (dict(padded_size=[8]), r"padded_size must be int32 \[2\]"),
+        (dict(source_size=[[-1, 4]]), r"source_size\[0\] must be >= 0"),
+    ],
+)
+def test_rasterize_masks_bad_arguments_are_named(kwargs, message):
+    args = dict(counts=[[b""]], source_size=[[4, 4]], target_size=[[4, 4]], flip=[False])
+    args.update(padded_size=[8, 8])
+    args.update(kwargs)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=message):
+        rasterize_masks(**args)
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +155,15 @@ def test_jpegs_decode_like_tf_decode_jpeg_and_close_to_opencv(shapes):
         assert np.abs(ours - opencv).max() <= 16 and np.abs(ours - opencv).mean() < 2
 
 
-def test_native_and_numpy_mask_paths_agree(shapes):
+@pytest.mark.parametrize(
+    "resize", [dict(short_side=96, max_side=96), dict(short_side=150, scale_jitter=(0.6, 1.3))]
+)
+def test_native_and_numpy_mask_paths_agree(shapes, resize):
+    # The NumPy path rasterises per element, resizes with tf.image.resize and pads in
+    # padded_batch; the native path rasterises, resizes and pads the whole batch in the op.
     source = CocoSource(shapes.annotation_file, shapes.image_dir, max_instances=6)
     assert source._native_masks
-    kwargs = dict(batch_size=2, training=True, seed=7, short_side=96, max_side=96)
+    kwargs = dict(batch_size=2, training=True, seed=7, **resize)
     native = list(source.dataset(**kwargs))
     source._native_masks = False  # the fallback used when the op library is missing
     numpy_path = list(source.dataset(**kwargs))
@@ -94,6 +171,7 @@ def test_native_and_numpy_mask_paths_agree(shapes):
     flipped = 0
     for (f1, t1), (f2, t2) in zip(native, numpy_path, strict=True):
         np.testing.assert_array_equal(f1["images"], f2["images"])
+        assert t1["masks"].numpy().any()
         np.testing.assert_array_equal(t1["masks"], t2["masks"])
         np.testing.assert_array_equal(t1["boxes"], t2["boxes"])
         flipped += int((f1["image_info"].numpy() == f2["image_info"].numpy()).all())

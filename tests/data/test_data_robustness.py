@@ -134,7 +134,7 @@ def test_converted_images_hold_the_same_picture(planted):
         planted.annotation_file, planted.image_dir, short_side=SIZE, max_side=SIZE,
         max_instances=MAX_INSTANCES, image_ids=[3, 4, 5],
     )  # fmt: skip
-    images = {int(f["image_id"][0]): f["images"][0].numpy() for f, _ in ds}
+    images = {int(f["image_id"][0]): f["images"][0].numpy().astype(np.float32) for f, _ in ds}
     gray = images[3]
     assert np.array_equal(gray[..., 0], gray[..., 1])  # replicated channel
     # RGBA PNG is lossless: the alpha channel is dropped and the RGB values kept exactly
