@@ -27,7 +27,12 @@ import tempfile
 LIBRARY_NAME = "_mnc_ops.so"
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCE_DIR = os.path.join(_HERE, "roi_warp")
-_CC_SOURCES = ("roi_warp_ops.cc", "roi_warp_kernels.cc", "../rle/rle_masks.cc")
+_CC_SOURCES = (
+    "roi_warp_ops.cc",
+    "roi_warp_kernels.cc",
+    "../rle/rle_masks.cc",
+    "../image/flip_image.cc",
+)
 _CU_SOURCES = ("roi_warp_kernels.cu.cc",)
 
 

@@ -7,26 +7,31 @@ How an element is made, and where the time goes:
    with ≥ 3 points, crowd regions set aside). Problems are counted in ``dataset.info`` and
    logged. This is a few seconds for COCO train2017.
 2. **Per element, in ``tf.numpy_function`` (parallel map, ``AUTOTUNE``):** the file is read
-   and its header checked with PIL (missing, garbage, truncated: counted in
-   ``info.skipped``), polygons become compressed RLE with pycocotools and empty masks are
-   found from their areas. A complete RGB/grayscale JPEG of the annotated size leaves
-   Python as its bytes; anything else (CMYK, RGBA, PNG, 16-bit, palette, a JPEG without
-   its end marker) is decoded here with OpenCV/PIL and converted to 8-bit RGB. Only small
-   arrays cross back into TensorFlow.
+   and its JPEG frame header checked by a small marker scanner (anything it does not
+   recognise goes to PIL: missing, garbage, truncated files are counted in
+   ``info.skipped``). On a record's first load its polygons become compressed RLE with
+   pycocotools and empty masks are found from their areas; the result is kept on the record,
+   so later epochs only read and check the file (~0.04 ms of GIL time at 600 px). A complete
+   RGB/grayscale JPEG of the annotated size leaves Python as its bytes; anything else (CMYK,
+   RGBA, PNG, 16-bit, palette, a JPEG without its end marker) is decoded here with
+   OpenCV/PIL and converted to 8-bit RGB. Only small arrays cross back into TensorFlow.
 3. **Per element, in TF ops (no GIL):** ``tf.io.decode_jpeg`` (TF's defaults, as in the
-   exported serving signature) and the ``MncDecodeRle`` custom op rasterise the image and
-   its masks, flipped when the element is flipped. A JPEG whose data is corrupt past a
-   valid header can still fail in ``decode_jpeg``: ``ignore_errors`` drops that element
-   and a ledger of element positions counts it as ``corrupt_image`` (logged with the
-   file) — the epoch goes on. Pass ``verify_images=True`` to decode every image once up
-   front with OpenCV instead, so the counts are final before training starts.
+   exported serving signature), flipped when the element is flipped. A JPEG whose data is
+   corrupt past a valid header can still fail in ``decode_jpeg``: ``ignore_errors`` drops
+   that element and a ledger of element positions counts it as ``corrupt_image`` (logged
+   with the file) — the epoch goes on. Pass ``verify_images=True`` to decode every image
+   once up front with OpenCV instead, so the counts are final before training starts.
 4. **Per element, in TF ops:** resize (bilinear), optional scale jitter and horizontal flip
-   (stateless random ops seeded per element, so a ``seed`` makes the stream reproducible),
-   padding to the fixed shape, batching, prefetch.
+   of the image and boxes (stateless random ops seeded per element, so a ``seed`` makes the
+   stream reproducible); the masks are still RLE strings.
+5. **Per batch:** ``padded_batch`` (images uint8, strings padded with ``""``), then the
+   ``MncRasterizeMasks`` custom op decodes, flips, resizes (bit-identical to
+   ``tf.image.resize`` + ``>= 0.5``) and pads every mask straight into the
+   ``[B, N, Hp, Wp]`` batch tensor, each byte written once; prefetch.
 
 Every element has the same static shape (``pad_to``, ``max_instances``), so Keras never
-retraces its train function. Images are **not** normalised: the model does that for its
-backbone (see :mod:`mnc_tf.data.preprocess`).
+retraces its train function. Images are uint8 and **not** normalised: the model does that
+for its backbone (see :mod:`mnc_tf.data.preprocess`).
 
 Performance notes (``benchmarks/bench_input.py``):
 
@@ -38,12 +43,15 @@ Performance notes (``benchmarks/bench_input.py``):
   ``import mnc_tf`` turns on TF's pooling BFC allocator (``TF_CPU_ALLOCATOR_USE_BFC=true``
   unless already set; it must happen before TensorFlow's first op): 1.9x at N = 8, 6x at
   N = 100 on 600-px images;
-- masks are rasterised by the ``MncDecodeRle`` op (C++, masks in parallel, flip built
-  in; the loader falls back to a vectorised NumPy decoder, 3x pycocotools' ``decode``,
-  when the op library is missing), JPEGs by ``tf.io.decode_jpeg``: the Python part of an
-  element is ~0.4 ms at 600 px (was 1.3 ms with OpenCV decoding and NumPy masks), which
-  matters because it holds the GIL; images stay uint8 through flip, padding and batching
-  (a quarter of the bytes) and each finished batch is cast to float32 once;
+- masks are rasterised per batch by the ``MncRasterizeMasks`` op (C++, masks in
+  parallel; before it, per-element rasterisation, a float32 resize and ``padded_batch``'s
+  zero-fill and copy moved each mask byte three times; without the op library the loader
+  falls back to that path with a vectorised NumPy decoder), JPEGs by
+  ``tf.io.decode_jpeg``; the Python part of an element holds the GIL, so it is kept to
+  reading the file and scanning its header;
+- images stay uint8 to the end: the model casts and normalises them on its device, so the
+  CPU assembles (and a GPU receives) a quarter of the bytes of float32 images
+  (``image_dtype=tf.float32`` casts the finished batch for other consumers);
 - RLE annotations are validated once, when parsing (``invalid_rle``), so the per-element
   decoder never meets a malformed string;
 - the dataset's length is unknown to ``tf.data`` (corrupt images are filtered lazily), so
@@ -72,7 +80,7 @@ from pycocotools.coco import COCO
 
 from mnc_tf.data import preprocess
 from mnc_tf.data.info import DatasetInfo
-from mnc_tf.ops import library_available, rasterize_masks
+from mnc_tf.ops import flip_left_right, library_available, rasterize_masks
 
 logger = logging.getLogger("mnc_tf.data")
 
@@ -311,6 +319,56 @@ def _tf_decodable_jpeg(data, header):
     )
 
 
+# Frame headers tf.io.decode_jpeg decodes: baseline, extended sequential, progressive
+# (Huffman-coded, 8-bit); 1 component is grayscale, 3 are YCbCr or RGB.
+_TF_SOF_MARKERS = (0xC0, 0xC1, 0xC2)
+_JPEG_MODES = {1: "L", 3: "RGB"}
+
+
+def _tf_jpeg_frame(data):
+    """``(height, width, mode)`` if ``data`` is a complete JPEG that ``tf.io.decode_jpeg``
+    decodes to RGB like OpenCV does, else ``None`` (then PIL looks at it).
+
+    Walks the marker segments up to the frame header (a handful of steps), the part of
+    PIL's header parsing that matters here, at a fraction of its cost, because it runs
+    with the GIL held for every element. The end-of-image marker must close the file, as
+    in :func:`_tf_decodable_jpeg`.
+    """
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    if not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        return None
+    p = 2
+    while p + 4 <= n:
+        if data[p] != 0xFF:
+            return None
+        marker = data[p + 1]
+        if marker == 0xFF:  # fill byte
+            p += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
+            p += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before a frame header
+            return None
+        length = (data[p + 2] << 8) | data[p + 3]
+        if length < 2:
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if marker not in _TF_SOF_MARKERS or length < 8 or p + 10 > n:
+                return None
+            precision = data[p + 4]
+            height = (data[p + 5] << 8) | data[p + 6]
+            width = (data[p + 7] << 8) | data[p + 8]
+            mode = _JPEG_MODES.get(data[p + 9])
+            if precision != 8 or height == 0 or width == 0 or mode is None:
+                return None
+            return height, width, mode
+        p += 2 + length
+    return None
+
+
 _MODE_FIX = {
     "RGB": None,
     "YCbCr": None,
@@ -364,7 +422,7 @@ class CocoSource:
         self.image_dir = os.fspath(image_dir)
         self.drop_empty = bool(drop_empty)
         self.max_instances = int(max_instances)
-        # Masks are rasterised by the MncDecodeRle op when the op library is built (in
+        # Masks are rasterised by the MncRasterizeMasks op when the op library is built (in
         # parallel, outside the GIL); by the NumPy decoder otherwise.
         self._native_masks = library_available()
         cats = sorted(self.coco.cats.values(), key=lambda c: int(c["id"]))
@@ -486,6 +544,15 @@ class CocoSource:
         except OSError as e:
             info.count("skipped", "missing_image", key=rec.image_id, detail=f"{rec.path}: {e}")
             return None, None, "missing_image"
+        frame = _tf_jpeg_frame(data) if encoded_ok else None
+        if frame is not None:  # the common case: a plain JPEG, decoded in TensorFlow
+            height, width, mode = frame
+            if (height, width) != (rec.height, rec.width):
+                return self._size_mismatch(rec, (height, width))
+            fix = _MODE_FIX.get(mode)
+            if fix:
+                info.count("fixed", fix, key=rec.image_id, detail=f"{rec.path} ({mode})")
+            return None, data, None
         try:
             header = Image.open(io.BytesIO(data))  # reads the header only
         except Exception:  # PIL raises many types for garbage; all mean "not an image"
@@ -518,23 +585,24 @@ class CocoSource:
         return None, None, "size_mismatch"
 
     def _load(self, index, flip=False, position=-1, ledger=None):
-        """numpy_function body: record index → encoded JPEG or image, boxes, labels, masks or
-        RLE strings, size, id, ok.
+        """numpy_function body: record index → ``(encoded JPEG or b"", image or empty,
+        boxes, labels, RLE strings (native) or masks (NumPy path), meta)``, ``meta`` int64
+        ``(height, width, image_id, ok)``.
 
         ``flip``: mirror image, boxes and masks horizontally. ``position``/``ledger``: see
         :class:`_DecodeLedger` (an index < 0 is the end-of-pass sentinel).
         """
         index = int(index)
         if index < 0:
-            return _failed(-1)
+            return _failed(-1, self._native_masks)
         rec = self.records[index]
         try:
             result = self._load_record(rec, bool(flip))
         except Exception as e:  # noqa: BLE001  (one bad record must not end the epoch)
             logger.debug("load error in %s", rec.path, exc_info=True)
             self.info.count("skipped", "load_error", key=rec.image_id, detail=f"{rec.path}: {e!r}")
-            return _failed(rec.image_id)
-        if ledger is not None and result[-1]:
+            return _failed(rec.image_id, self._native_masks)
+        if ledger is not None and result[-1][3]:
             ledger.sent(int(position), rec, encoded=bool(result[0]))
         return result
 
@@ -575,16 +643,15 @@ class CocoSource:
     def _load_record(self, rec, flip=False):
         image, encoded, _ = self._decode(rec, encoded_ok=True)
         if image is None and encoded is None:
-            return _failed(rec.image_id)
+            return _failed(rec.image_id, self._native_masks)
         boxes, labels, rles, strings = self._instances(rec)
         if self.drop_empty and len(labels) == 0:
             self.info.count("skipped", "empty_image", key=rec.image_id, detail=rec.path)
-            return _failed(rec.image_id)
+            return _failed(rec.image_id, self._native_masks)
         if self._native_masks:  # rasterised by the MncRasterizeMasks op, outside the GIL
-            masks = _NO_MASKS
+            instances = strings
         else:
-            strings = _NO_STRINGS
-            masks = decode_rles(rles, rec.height, rec.width, flip)
+            instances = decode_rles(rles, rec.height, rec.width, flip)
         if flip:  # preprocess.flip_left_right's mapping, in NumPy
             if image is not None:  # (an encoded JPEG is flipped after tf.io.decode_jpeg)
                 image = cv2.flip(image, 1)
@@ -595,15 +662,16 @@ class CocoSource:
             _NO_IMAGE if image is None else image,
             boxes,
             labels,
-            masks,
-            strings,
-            np.array([rec.height, rec.width], np.int32),
-            np.int64(rec.image_id),
-            np.bool_(True),
+            instances,
+            np.array([rec.height, rec.width, rec.image_id, 1], np.int64),
         )
 
     def _load_tf(self, index, flip=False, position=-1, ledger=None):
-        encoded, image, boxes, labels, masks, strings, size, image_id, ok = tf.numpy_function(
+        # Few outputs: converting each one back from NumPy costs the GIL-holding loader
+        # ~10 us. `instances` are RLE strings (native path) or decoded masks (NumPy path);
+        # `meta` is (height, width, image_id, ok).
+        native = self._native_masks
+        encoded, image, boxes, labels, instances, meta = tf.numpy_function(
             functools.partial(self._load, ledger=ledger),
             [index, flip, position],
             [
@@ -611,31 +679,28 @@ class CocoSource:
                 tf.uint8,
                 tf.float32,
                 tf.int32,
-                tf.uint8,
-                tf.string,
-                tf.int32,
+                tf.string if native else tf.uint8,
                 tf.int64,
-                tf.bool,
             ],
             name="mnc_load_coco_example",
         )
         encoded.set_shape([])
         image.set_shape([None, None, 3])
-        strings.set_shape([None])
-        size.set_shape([2])
+        meta.set_shape([4])
+        image_id, ok = meta[2], meta[3] > 0
         flip = tf.convert_to_tensor(flip, tf.bool)
+
+        mirror = flip_left_right if native else (lambda im: tf.reverse(im, [1]))
 
         def decode():
             decoded = tf.io.decode_jpeg(encoded, channels=3)
-            return tf.cond(flip, lambda: tf.reverse(decoded, [1]), lambda: decoded)
+            return tf.cond(flip, lambda: mirror(decoded), lambda: decoded)
 
         # JPEGs are decoded here, in TensorFlow, outside the GIL (the numpy_function returns
         # their bytes); other formats arrive decoded (and flipped) from Python.
         image = tf.cond(tf.strings.length(encoded) > 0, decode, lambda: image)
         boxes.set_shape([None, 4])
         labels.set_shape([None])
-        image_id.set_shape([])
-        ok.set_shape([])
         example = {
             "image": image,
             "boxes": boxes,
@@ -644,14 +709,15 @@ class CocoSource:
             "ok": ok,
             "position": tf.convert_to_tensor(position, tf.int64),
         }
-        if self._native_masks:
+        if native:
             # Masks stay RLE strings until the batch is complete: MncRasterizeMasks then
             # decodes, flips, resizes and pads them straight into the batch tensor.
-            example["rles"] = strings
+            instances.set_shape([None])
+            example["rles"] = instances
             example["mask_flip"] = flip
         else:
-            masks.set_shape([None, None, None])
-            example["masks"] = masks
+            instances.set_shape([None, None, None])
+            example["masks"] = instances
         return example
 
     def _load_tf_flipped(self, index, random, position=-1, ledger=None):
@@ -946,17 +1012,14 @@ _NO_MASKS = np.zeros((0, 0, 0), np.uint8)
 _NO_STRINGS = np.zeros(0, dtype=object)
 
 
-def _failed(image_id):
+def _failed(image_id, native=True):
     return (
         np.array(b"", dtype=object),
         _NO_IMAGE,
         np.zeros((0, 4), np.float32),
         np.zeros((0,), np.int32),
-        _NO_MASKS,
-        _NO_STRINGS,
-        np.zeros(2, np.int32),
-        np.int64(image_id),
-        np.bool_(False),
+        _NO_STRINGS if native else _NO_MASKS,
+        np.array([0, 0, image_id, 0], np.int64),
     )
 
 

@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 
 from mnc_tf.data import coco_dataset, make_shapes_dataset
 from mnc_tf.data.coco import CocoSource
-from mnc_tf.ops import decode_rle, library_available, rasterize_masks
+from mnc_tf.ops import decode_rle, flip_left_right, library_available, rasterize_masks
 
 pytestmark = pytest.mark.skipif(not library_available(), reason="op library not built")
 
@@ -133,6 +133,21 @@ def test_rasterize_masks_bad_arguments_are_named(kwargs, message):
         rasterize_masks(**args)
 
 
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 1, 3), (2, 5, 3), (3, 6, 3), (4, 7, 3), (5, 11, 3), (9, 16, 3), (61, 608, 3)]
+    + [(5, 9, 1), (4, 7, 4), (0, 5, 3), (3, 0, 3)],
+)
+def test_flip_left_right_equals_tf_reverse(shape):
+    # Widths around the 5-pixel SIMD step and its 1-byte overhang on both ends.
+    image = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    out = flip_left_right(image)
+    assert out.dtype == tf.uint8 and out.shape == shape
+    np.testing.assert_array_equal(out.numpy(), tf.reverse(image, [1]).numpy())
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="image must be"):
+        flip_left_right(np.zeros(shape[:2], np.uint8))
+
+
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     return make_shapes_dataset(tmp_path_factory.mktemp("native"), 6, seed=4, image_size=96)
@@ -238,3 +253,41 @@ def test_malformed_rle_annotation_is_skipped_when_parsing(tmp_path):
     ds = coco_dataset(shapes.annotation_file, shapes.image_dir, short_side=64, max_side=64)
     assert ds.info.skipped.get("invalid_rle") == 3
     assert sum(1 for _ in ds) == 3
+
+
+def _jpeg(mode="RGB", size=(37, 21), **save):
+    rng = np.random.default_rng(0)
+    channels = {"L": 1, "RGB": 3, "CMYK": 4}[mode]
+    pixels = rng.integers(0, 255, (size[1], size[0], channels), dtype=np.uint8)
+    image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        (_jpeg(), (21, 37, "RGB")),
+        (_jpeg("L", (5, 9)), (9, 5, "L")),
+        (_jpeg(progressive=True), (21, 37, "RGB")),
+        (_jpeg(subsampling=0, quality=95), (21, 37, "RGB")),
+        (_jpeg(exif=Image.Exif().tobytes() + b"\0" * 40), (21, 37, "RGB")),
+        (_jpeg(optimize=True, size=(640, 480)), (480, 640, "RGB")),
+        (_jpeg() + b"\0\0\n", (21, 37, "RGB")),  # padding after the end marker
+        (_jpeg("CMYK"), None),  # 4 components: decoded by OpenCV / PIL
+        (_jpeg()[:-40], None),  # truncated: no end marker
+        (_jpeg()[:30], None),
+        (b"\xff\xd8\xff\xd9", None),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, None),
+        (b"", None),
+    ],
+)
+def test_jpeg_frame_scanner_agrees_with_pil_and_tf(data, expected):
+    from mnc_tf.data.coco import _tf_jpeg_frame
+
+    assert _tf_jpeg_frame(data) == expected
+    if expected is not None:  # independent references: PIL's header, TF's decoder
+        with Image.open(io.BytesIO(data)) as im:
+            assert (im.size[1], im.size[0], im.mode) == expected
+        assert tuple(tf.io.decode_jpeg(data, channels=3).shape) == (*expected[:2], 3)
