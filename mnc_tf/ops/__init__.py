@@ -1,4 +1,4 @@
-"""TensorFlow ops of mnc_tf: RoI warping (custom op and stock-op reference), RLE masks, image flip."""
+"""TensorFlow ops of mnc_tf: RoI warping (custom op and stock-op reference), RLE masks, flip."""
 
 from mnc_tf.ops._loader import OpLibraryNotFoundError, library_available, load_library
 from mnc_tf.ops.image import flip_left_right
