@@ -13,7 +13,8 @@ included (~0.1 s for the full pipeline, ~0.015 s for decode-only: it weighs on a
 pass, not on an epoch); ``naive_python`` is timed that way too (it has no start-up).
 
 * ``full``: ``coco_dataset(training=True)`` — decode, masks, resize, random flip, pad,
-  batch, prefetch — the training pipeline, ``num_parallel_calls=AUTOTUNE``;
+  batch, prefetch — the training pipeline, ``num_parallel_calls=AUTOTUNE``, with its
+  default uint8 images (the model casts them on its device);
 * ``full_sequential``: the same with ``num_parallel_calls=None``;
 * ``decode_only``: a ``tf.data`` pipeline that only reads and decodes the same JPEGs
   (parallel map, batch, prefetch) — the issue's baseline; target ``full / decode_only``
@@ -21,8 +22,9 @@ pass, not on an epoch); ``naive_python`` is timed that way too (it has no start-
 * ``naive_python``: a plain loop (cv2.imread + pycocotools ``annToMask`` + cv2.resize +
   NumPy padding + batching), what a user would write by hand;
 * stage breakdown: ``load_stage`` (the parallel loader: a ``tf.numpy_function`` that reads
-  the file and its annotations, then JPEG decode and mask rasterisation in TF ops) and
-  ``prepare_stage`` (resize/flip/pad/batch from cached decoded examples).
+  the file and checks its header, then JPEG decode in TF) and ``prepare_stage``
+  (resize/flip/pad/batch and the per-batch mask rasterisation, from cached decoded
+  examples).
 
 ``max_instances`` matters: docs/CONTRACTS.md pads masks to ``[N, Hp, Wp]``, so the contract
 default N = 100 at 608×608 moves 37 MB of mostly-zero mask per image; each setting is run

@@ -59,9 +59,9 @@ class MNC(keras.Model):
       category_ids: optional ``N`` source dataset category ids (``category_ids[label-1]``).
       **overrides: :class:`MNCConfig` fields (e.g. ``mask_size=21``) or ``name``/``dtype``.
 
-    Call: ``model(images, training=False)`` with float32 ``[B, H, W, 3]`` 0..255 RGB images,
-    or the dataset ``features`` dict (``images``, optional ``image_info [B, 4, 2]``), returns
-    ``boxes [B, K, 4]`` (pixels of the input image), ``scores [B, K]``, ``classes [B, K]``
+    Call: ``model(images, training=False)`` with uint8 or float ``[B, H, W, 3]`` 0..255 RGB
+    images, or the dataset ``features`` dict (``images``, optional ``image_info [B, 4, 2]``),
+    returns ``boxes [B, K, 4]`` (pixels of the input image), ``scores [B, K]``, ``classes [B, K]``
     int32 (padding 0), ``masks [B, K, m, m]`` (soft masks in the boxes, after mask voting) and
     ``num_detections [B]`` (``K = max_detections``), see docs/CONTRACTS.md.
 
