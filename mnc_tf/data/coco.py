@@ -660,8 +660,10 @@ class CocoSource:
         return (
             np.array(b"" if encoded is None else encoded, dtype=object),
             _NO_IMAGE if image is None else image,
-            boxes,
-            labels,
+            # Copies: TensorFlow may wrap returned arrays without copying them, and these
+            # are kept on the record for the next epoch.
+            boxes if flip else boxes.copy(),
+            labels.copy(),
             instances,
             np.array([rec.height, rec.width, rec.image_id, 1], np.int64),
         )
