@@ -11,7 +11,8 @@
 //
 // Why one batched op: the pipeline used to rasterise each element's masks at
 // its own size, resize them in float32 and let padded_batch zero-fill and copy
-// them into the batch; here every output byte is written once.
+// them into the batch; here each mask goes from its string straight into its
+// plane of the output (zeroed, then its 1s written), with no tensor in between.
 //
 // RLE format (pycocotools rleToString / rleFrString): each run length is a
 // little-endian sequence of 5-bit groups stored as characters 48 + group,

@@ -27,7 +27,8 @@ How an element is made, and where the time goes:
 5. **Per batch:** ``padded_batch`` (images uint8, strings padded with ``""``), then the
    ``MncRasterizeMasks`` custom op decodes, flips, resizes (bit-identical to
    ``tf.image.resize`` + ``>= 0.5``) and pads every mask straight into the
-   ``[B, N, Hp, Wp]`` batch tensor, each byte written once; prefetch.
+   ``[B, N, Hp, Wp]`` batch tensor, with no per-element mask tensors in between;
+   prefetch.
 
 Every element has the same static shape (``pad_to``, ``max_instances``), so Keras never
 retraces its train function. Images are uint8 and **not** normalised: the model does that
@@ -312,11 +313,12 @@ def _tf_decodable_jpeg(data, header):
     where it is decoded as far as it goes or counted as corrupt, instead of failing inside
     TensorFlow.
     """
-    return (
-        header.format == "JPEG"
-        and header.mode in _TF_JPEG_MODES
-        and data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
-    )
+    return header.format == "JPEG" and header.mode in _TF_JPEG_MODES and _ends_with_eoi(data)
+
+
+def _ends_with_eoi(data):
+    """True if the JPEG end-of-image marker closes ``data`` (trailing padding allowed)."""
+    return data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
 
 
 # Frame headers tf.io.decode_jpeg decodes: baseline, extended sequential, progressive
@@ -337,7 +339,7 @@ def _tf_jpeg_frame(data):
     n = len(data)
     if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
         return None
-    if not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+    if not _ends_with_eoi(data):
         return None
     p = 2
     while p + 4 <= n:
@@ -584,6 +586,17 @@ class CocoSource:
         )
         return None, None, "size_mismatch"
 
+    def _failed(self, image_id):
+        """:meth:`_load`'s result for an element that is dropped (``ok`` = 0)."""
+        return (
+            np.array(b"", dtype=object),
+            _NO_IMAGE,
+            np.zeros((0, 4), np.float32),
+            np.zeros((0,), np.int32),
+            _NO_STRINGS if self._native_masks else _NO_MASKS,
+            np.array([0, 0, image_id, 0], np.int64),
+        )
+
     def _load(self, index, flip=False, position=-1, ledger=None):
         """numpy_function body: record index → ``(encoded JPEG or b"", image or empty,
         boxes, labels, RLE strings (native) or masks (NumPy path), meta)``, ``meta`` int64
@@ -594,14 +607,14 @@ class CocoSource:
         """
         index = int(index)
         if index < 0:
-            return _failed(-1, self._native_masks)
+            return self._failed(-1)
         rec = self.records[index]
         try:
             result = self._load_record(rec, bool(flip))
         except Exception as e:  # noqa: BLE001  (one bad record must not end the epoch)
             logger.debug("load error in %s", rec.path, exc_info=True)
             self.info.count("skipped", "load_error", key=rec.image_id, detail=f"{rec.path}: {e!r}")
-            return _failed(rec.image_id, self._native_masks)
+            return self._failed(rec.image_id)
         if ledger is not None and result[-1][3]:
             ledger.sent(int(position), rec, encoded=bool(result[0]))
         return result
@@ -643,11 +656,11 @@ class CocoSource:
     def _load_record(self, rec, flip=False):
         image, encoded, _ = self._decode(rec, encoded_ok=True)
         if image is None and encoded is None:
-            return _failed(rec.image_id, self._native_masks)
+            return self._failed(rec.image_id)
         boxes, labels, rles, strings = self._instances(rec)
         if self.drop_empty and len(labels) == 0:
             self.info.count("skipped", "empty_image", key=rec.image_id, detail=rec.path)
-            return _failed(rec.image_id, self._native_masks)
+            return self._failed(rec.image_id)
         if self._native_masks:  # rasterised by the MncRasterizeMasks op, outside the GIL
             instances = strings
         else:
@@ -1012,17 +1025,6 @@ def _as_bytes(counts):
 _NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
 _NO_MASKS = np.zeros((0, 0, 0), np.uint8)
 _NO_STRINGS = np.zeros(0, dtype=object)
-
-
-def _failed(image_id, native=True):
-    return (
-        np.array(b"", dtype=object),
-        _NO_IMAGE,
-        np.zeros((0, 4), np.float32),
-        np.zeros((0,), np.int32),
-        _NO_STRINGS if native else _NO_MASKS,
-        np.array([0, 0, image_id, 0], np.int64),
-    )
 
 
 def _round_up(v, multiple=_PAD_MULTIPLE):
