@@ -17,9 +17,17 @@ constexpr int kThreads = 256;
 // Elements (cell, channel) of one box handled by one backward block.
 constexpr int64_t kBackwardChunk = kThreads * 16;
 
+// Largest grid of the grid-stride kernels; their loops cover the rest. The
+// emulated-CUDA test (tests/test_cuda_emulation.py) lowers it so that small
+// inputs make the loops wrap.
+#ifndef MNC_ROI_WARP_MAX_BLOCKS
+#define MNC_ROI_WARP_MAX_BLOCKS (int64_t{1} << 20)
+#endif
+
 int64_t NumBlocks(int64_t work) {
   const int64_t blocks = (work + kThreads - 1) / kThreads;
-  return blocks < (1 << 20) ? blocks : (1 << 20);  // grid-stride loops cover the rest
+  const int64_t cap = MNC_ROI_WARP_MAX_BLOCKS;
+  return blocks < cap ? blocks : cap;
 }
 
 int64_t BackwardChunks(const WarpDims& d) {
