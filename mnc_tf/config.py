@@ -116,6 +116,9 @@ class MNCConfig:
     # (bounds memory: K · this · m² floats per image).
     mask_voting_max_candidates: int = 32
     mask_binarize_threshold: float = 0.4
+    # Score threshold of the detections the tools draw and write (mnc-predict, Predictor,
+    # visualize.draw_instances); evaluation scores every detection.
+    predict_score_threshold: float = 0.5
 
     # ---- sampling ----
     # True: anchor/RoI samplers draw from stateless RNGs seeded by (sampling_seed, step,
@@ -207,6 +210,7 @@ class MNCConfig:
         need(self.fc_dim >= 1, "fc_dim", ">= 1")
         need(len(self.box_regression_weights) == 4, "box_regression_weights", "4 numbers")
         need(self.max_detections >= 1, "max_detections", ">= 1")
+        need(0 <= self.predict_score_threshold <= 1, "predict_score_threshold", "in [0, 1]")
         need(self.mask_voting_max_candidates >= 1, "mask_voting_max_candidates", ">= 1")
         need(self.optimizer in _OPTIMIZERS, "optimizer", f"one of {_OPTIMIZERS}")
         need(self.learning_rate > 0, "learning_rate", "> 0")

@@ -76,8 +76,16 @@ class RoIWarp(keras.layers.Layer):
             spatial_scale=self.spatial_scale,
         )
 
-    def compute_output_shape(self, features_shape, boxes_shape, box_indices_shape):
-        return (boxes_shape[0], self.pooled_size, self.pooled_size, features_shape[-1])
+    def compute_output_shape(
+        self, features_shape=None, boxes_shape=None, box_indices_shape=None, input_shape=None
+    ):
+        # Keras builds a layer without its own build() from the first argument only and later
+        # (model.summary(), after load_model) calls this with ``input_shape=features_shape``.
+        if features_shape is None:
+            features_shape = input_shape
+        channels = None if features_shape is None else features_shape[-1]
+        num_boxes = None if boxes_shape is None else boxes_shape[0]
+        return (num_boxes, self.pooled_size, self.pooled_size, channels)
 
     def get_config(self):
         config = super().get_config()

@@ -40,6 +40,9 @@ MODEL_CONSTRUCTOR_KEYS = {
     "num_stages": int,
     "num_classes": typing.Optional[int],  # noqa: UP045 - used as a runtime type hint
 }
+# Backbone names ``mnc_tf.MNC`` builds (``mnc_tf.modeling.backbones.factory.BACKBONES``; repeated
+# here so a config is checked without importing TensorFlow).
+BACKBONE_NAMES = ("vgg16", "resnet50", "resnet101", "tiny")
 DATA_FORMATS = ("coco", "sbd", "voc", "shapes")
 MIXED_PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
@@ -187,8 +190,7 @@ class ExperimentConfig:
             raise ValueError(
                 f"Config section 'model' must be a mapping, got {type(d['model']).__name__}."
             )
-        model = dict(d.get("model") or {})
-        validate_model_section(model)
+        model = validate_model_section(dict(d.get("model") or {}))
         cfg = cls(
             model=model,
             data=_dataclass_from_dict(DataConfig, d.get("data") or {}, "data"),
@@ -243,31 +245,42 @@ def model_field_types() -> dict[str, Any]:
     return types_
 
 
-def validate_model_section(model: Mapping):
-    """Raise ``ValueError`` for an unknown ``model.*`` key or a value MNCConfig rejects."""
+def validate_model_section(model: Mapping) -> dict:
+    """Check the ``model:`` section; returns it with values coerced to the fields' types.
+
+    Raises ``ValueError`` naming the key for an unknown key, a value of the wrong type
+    (``learning_rate: fast``, ``anchor_scales: 4.0``), an unknown backbone, a stage count
+    the cascade cannot build, or a value :class:`MNCConfig` rejects — all before any data or
+    model is built.
+    """
     from mnc_tf.config import MNCConfig
 
     valid = model_field_types()
     for key in model:
         if key not in valid:
             raise closest_key_error(key, valid, "model")
-    for key, typ in MODEL_CONSTRUCTOR_KEYS.items():
-        if key in model and key not in _mnc_field_types():
-            _check_type(model[key], typ, f"model.{key}")
+    model = {
+        key: _coerce(value, valid[key], f"model.{key}", strict=True) for key, value in model.items()
+    }
+    backbone = model.get("backbone", "vgg16")
+    if backbone not in BACKBONE_NAMES:
+        raise ValueError(
+            f"model.backbone: expected one of {', '.join(BACKBONE_NAMES)}, got {backbone!r}."
+        )
+    num_stages = model.get("num_stages", 5)
+    if num_stages < 3 or num_stages % 2 == 0:
+        raise ValueError(
+            f"model.num_stages: expected an odd number >= 3 (3 or 5 in the paper), got "
+            f"{num_stages!r}."
+        )
+    if model.get("num_classes") is not None and model["num_classes"] < 1:
+        raise ValueError(f"model.num_classes: expected >= 1, got {model['num_classes']!r}.")
     fields = _mnc_field_types()
     try:
         MNCConfig.from_dict({k: v for k, v in model.items() if k in fields})
     except (TypeError, ValueError) as e:
         raise ValueError(f"Invalid model section: {e}") from e
-
-
-def _check_type(value, typ, path):
-    try:
-        _coerce(value, typ, path, strict=True)
-    except ValueError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any coercion failure is a type error for the user
-        raise ValueError(f"{path}: {e}") from e
+    return model
 
 
 def _dataclass_from_dict(cls, d: Mapping, section: str):
@@ -360,8 +373,13 @@ def _coerce(value, typ, path, strict=False):
         raise ValueError(f"{path}: expected a string, got {value!r}.")
     if typ in (list, tuple) or origin in (list, tuple):
         if isinstance(value, str) and not strict:
-            value = [v for v in (s.strip() for s in value.split(",")) if v]
-            value = [yaml.safe_load(v) for v in value]
+            items = [v for v in (s.strip() for s in value.split(",")) if v]
+            try:
+                value = [yaml.safe_load(v) for v in items]
+            except yaml.YAMLError:
+                raise ValueError(
+                    f"{path}: expected a list like [1, 2] or 1,2, got {value!r}."
+                ) from None
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{path}: expected a list, got {value!r}.")
         container = tuple if (typ is tuple or origin is tuple) else list
@@ -413,10 +431,19 @@ def apply_overrides(d: dict, overrides: Iterable[str]) -> dict:
             raise closest_key_error(parts[0], ("model", "data", "train"))
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        typ = _override_type(parts, path)
-        value = _coerce(value, typ, path, strict=False)
+        except yaml.YAMLError as e:
+            if raw.lstrip().startswith(("[", "{", "'", '"')):
+                reason = str(e).splitlines()[0]
+                raise ValueError(
+                    f"--set {path}: expected a YAML value (a list like [4, 8]), got {raw!r} "
+                    f"({reason})."
+                ) from None
+            value = raw  # e.g. a path with characters YAML reserves
+        try:
+            typ = _override_type(parts, path)
+            value = _coerce(value, typ, path, strict=False)
+        except ValueError as e:
+            raise ValueError(f"--set {e}") from None
         node = d
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
