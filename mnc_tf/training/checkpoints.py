@@ -19,8 +19,17 @@ Keras 3's own callback does not do:
   early, at the epoch boundary, so the run continues exactly from the saved step and performs
   ``total_steps`` optimizer steps in all — not the Keras 3 behaviour of replaying the whole
   interrupted epoch on top of mid-epoch weights.
+* **The input pipeline's position.** Given ``iterator=`` (the ``tf.data`` iterator that
+  ``fit`` consumes, see :class:`ResumableInput`), each checkpoint also holds the iterator's
+  state — shuffle order, the random stream of the augmentations, the epoch it is in, buffered
+  elements — so a resumed run sees exactly the batches the uninterrupted run would have seen.
+  Keras 3's own callback restores the weights only and ``fit`` restarts the data from its
+  seeded beginning, so a resumed run trains on other batches.
 * **Multi-worker.** Every worker takes part in each save (TF's rule), but only the chief writes
   to ``backup_dir``; the others write to scratch directories that are removed right away.
+
+Interrupted saves leave ``ckpt-<step>_temp/`` folders (TensorFlow's staging of a checkpoint's
+shards) and ``.scratch/``; :func:`remove_interrupted_writes` deletes them when a run starts.
 
 Checkpoint files: ``backup_dir/ckpt-<step>.index`` / ``.data-*`` and ``backup_dir/checkpoint``;
 ``tf.train.latest_checkpoint(backup_dir)`` finds the newest and ``tf.train.Checkpoint(model=m,
@@ -29,15 +38,23 @@ optimizer=m.optimizer).restore(path)`` loads it outside training.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import logging
 import math
 import os
 import shutil
+import signal
+import threading
+import time
 import uuid
 
 import keras
 import tensorflow as tf
+
+# Keras exports no public base class for fit() inputs; this one is stable since Keras 3.0.
+from keras.src.trainers.data_adapters.data_adapter import DataAdapter
 
 from mnc_tf.training import strategy as strategy_lib
 
@@ -49,6 +66,166 @@ def global_step(model: keras.Model) -> int:
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
+# ---------------------------------------------------------------------------------- test hook
+# A kill at a chosen point, for the tests that SIGKILL a real training process and resume it.
+# MNC_TRAIN_TEST_KILL="<point>:<n>": ``step:N`` right after optimizer step N; ``checkpoint:N``
+# while checkpoint N is being written (as soon as its ``ckpt-N_temp`` staging folder exists);
+# ``eval:E`` while the evaluation after epoch E (1-based) runs; ``export:1`` while the
+# SavedModel is being staged. Unset (always, outside those tests): no effect.
+KILL_ENV = "MNC_TRAIN_TEST_KILL"
+
+
+def _kill_spec():
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return None, None
+    point, _, n = spec.partition(":")
+    return point, int(n or 0)
+
+
+def _sigkill():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_if(point, n):
+    """Test hook: SIGKILL this process now if ``MNC_TRAIN_TEST_KILL`` is ``point:n``."""
+    if _kill_spec() == (point, n):
+        logger.info("test hook %s=%s:%d: killing this process", KILL_ENV, point, n)
+        _sigkill()
+
+
+def kill_when(point, n, pattern=None, delay=0.0):
+    """Test hook: if ``MNC_TRAIN_TEST_KILL`` is ``point:n``, SIGKILL this process from a
+    thread as soon as a path matching ``pattern`` exists (or after ``delay`` seconds)."""
+    if _kill_spec() != (point, n):
+        return
+
+    def watch():
+        deadline = time.monotonic() + 60.0
+        if delay:
+            time.sleep(delay)
+        while pattern and not glob.glob(pattern) and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        _sigkill()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+class KillDuringEvaluation(keras.callbacks.Callback):
+    """Test hook (``MNC_TRAIN_TEST_KILL=eval:E``): SIGKILL 0.2 s into the evaluation after
+    epoch E. ``train()`` puts it right before the evaluation callback when the variable is set.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        kill_when("eval", epoch + 1, delay=0.2)
+
+
+# ---------------------------------------------------------------------------------- input
+class _Iterable(tf.distribute.DistributedDataset):
+    """A distributed dataset (to Keras) whose ``iter()`` is one existing iterator."""
+
+    def __init__(self, dataset, iterator):
+        self._dataset = dataset
+        self._iterator = iterator
+
+    def __iter__(self):
+        return self._iterator
+
+    @property
+    def element_spec(self):
+        return self._dataset.element_spec
+
+    def reduce(self, initial_state, reduce_func):
+        raise NotImplementedError("ResumableInput only feeds fit()")
+
+
+class ResumableInput(DataAdapter):
+    """``fit`` input whose iterator exists before ``fit`` does, so checkpoints can hold it.
+
+    Keras 3's ``fit`` calls ``iter()`` on its input itself and keeps that iterator private.
+    This Keras data adapter (``fit`` takes adapters as they are) hands ``fit`` the iterator it
+    created up front; pass :attr:`iterator` to :class:`BackupAndRestore` and the checkpoints
+    carry the input pipeline's position. ``model.fit(ResumableInput(ds), steps_per_epoch=..)``.
+
+    Args:
+      dataset: a repeating ``tf.data.Dataset`` or a distributed dataset
+        (``strategy.distribute_datasets_from_function``).
+
+    Use one instance for one ``fit`` call (``fit`` continues from wherever the iterator is),
+    inside ``with resumable.fitting(model):`` (see :meth:`fitting`).
+    """
+
+    def __init__(self, dataset):
+        self._dataset = dataset
+        self.iterator = iter(dataset)
+        self._iterable = _Iterable(dataset, self.iterator)
+
+    @contextlib.contextmanager
+    def fitting(self, model):
+        """Context for ``model.fit(self, ...)``: Keras' pre-fit build reads a separate iterator.
+
+        Under a ``tf.distribute`` strategy scope Keras 3's ``fit`` first takes one batch from
+        its input to build the model symbolically (``_maybe_symbolic_build``); from this input
+        that batch would come off the checkpointed iterator, shifting the data by one batch
+        per ``fit`` call. Here it comes from a throwaway iterator over the same dataset.
+        """
+        original = model._maybe_symbolic_build
+
+        def build_from_a_separate_iterator(iterator=None, data_batch=None):
+            if iterator is not None and data_batch is None:
+                iterator = [(0, 0, iter(self._dataset))]  # Keras reads (begin, end, iterator)
+            return original(iterator=iterator, data_batch=data_batch)
+
+        model._maybe_symbolic_build = build_from_a_separate_iterator
+        try:
+            yield self
+        finally:
+            if model.__dict__.get("_maybe_symbolic_build") is build_from_a_separate_iterator:
+                del model._maybe_symbolic_build
+            else:
+                model._maybe_symbolic_build = original
+
+    def get_tf_dataset(self):
+        return self._iterable
+
+    def get_numpy_iterator(self):
+        raise NotImplementedError("ResumableInput feeds the TensorFlow backend's fit() only")
+
+    get_jax_iterator = get_torch_dataloader = get_numpy_iterator
+
+    @property
+    def num_batches(self):
+        cardinality = self._dataset.cardinality
+        cardinality = int(cardinality() if callable(cardinality) else cardinality)
+        return cardinality if cardinality >= 0 else None
+
+    @property
+    def batch_size(self):
+        return None
+
+    @property
+    def has_partial_batch(self):
+        return None
+
+    @property
+    def partial_batch_size(self):
+        return None
+
+
+def without_external_state_check(dataset):
+    """``dataset`` with iterator checkpointing allowed despite its ``numpy_function`` loader.
+
+    The COCO loader runs in ``tf.numpy_function`` (state outside the graph, for TensorFlow),
+    so by default every iterator save logs "PyFunc is stateful". Its output depends only on
+    its inputs (record index, flip), which the iterator state does hold; the only Python state
+    is a count of decode errors.
+    """
+    options = tf.data.Options()
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    return dataset.with_options(options)
+
+
+# ---------------------------------------------------------------------------------- callbacks
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
     """Checkpoint every ``save_freq`` steps; restore the latest on ``fit`` start (see module doc).
 
@@ -64,6 +241,9 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
       steps_per_epoch: the ``steps_per_epoch`` given to ``fit``; needed to resume mid-epoch
         (``None``: resume at the start of the epoch that contains the saved step).
       total_steps: stop ``fit`` once the global step reaches this (``None``: no limit).
+      iterator: the iterator ``fit`` reads (:attr:`ResumableInput.iterator`); saved and
+        restored with the model so that a resumed run continues the data where it stopped.
+        ``None``: weights, optimizer and step only (the data restarts from its beginning).
     """
 
     def __init__(
@@ -75,9 +255,12 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         max_to_keep=3,
         steps_per_epoch=None,
         total_steps=None,
+        iterator=None,
     ):
+        # Absolute: the state file's entries are joined to it (a relative run directory
+        # would be prefixed twice).
         super().__init__(
-            backup_dir,
+            os.path.abspath(os.fspath(backup_dir)),
             save_freq=save_freq,
             double_checkpoint=double_checkpoint,
             delete_checkpoint=delete_checkpoint,
@@ -89,6 +272,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self.max_to_keep = int(max_to_keep)
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = total_steps
+        self.iterator = iterator
+        self.restored_input_position = False  # the restored checkpoint held the iterator
         self.restored_step = None  # global step restored at fit start (None: fresh start)
         self.restored_path = None
         self.steps_run = 0  # optimizer steps taken in this process
@@ -102,7 +287,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     # ------------------------------------------------------------------ storage
     def _ensure_checkpoint(self):
         if self._checkpoint is None:
-            self._checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
+            parts = {"model": self.model, "optimizer": self.model.optimizer}
+            if self.iterator is not None:
+                parts["iterator"] = self.iterator
+            self._checkpoint = tf.train.Checkpoint(**parts)
             self._chief = strategy_lib.is_chief(self.model.distribute_strategy)
         return self._checkpoint
 
@@ -120,6 +308,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                     max_to_keep=self.max_to_keep,
                     checkpoint_name="ckpt",
                 )
+            kill_when("checkpoint", step, os.path.join(self.backup_dir, f"ckpt-{step}_temp"))
             path = self._manager.save(checkpoint_number=step)
             logger.info("saved checkpoint %s", path)
         else:
@@ -190,7 +379,23 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             self.restored_path = path
             self.restored_step = global_step(self.model)
             self._last_saved_step = self.restored_step
-            logger.info("restored checkpoint %s (step %d)", path, self.restored_step)
+            self.restored_input_position = self.iterator is not None and any(
+                name.startswith("iterator/")
+                for name in tf.train.load_checkpoint(path).get_variable_to_shape_map()
+            )
+            logger.info(
+                "restored checkpoint %s (step %d%s)",
+                path,
+                self.restored_step,
+                ", input pipeline position included" if self.restored_input_position else "",
+            )
+            if self.iterator is not None and not self.restored_input_position:
+                logger.warning(
+                    "checkpoint %s holds no input-pipeline position (written without it): "
+                    "the data restarts from its beginning, so this run will not reproduce an "
+                    "uninterrupted one",
+                    path,
+                )
             return
         if last_error is not None:
             raise RuntimeError(
@@ -216,6 +421,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_train_batch_end(self, batch, logs=None):
         step = global_step(self.model)
         self.steps_run += 1
+        kill_if("step", step)
         if isinstance(self.save_freq, int) and step % self.save_freq == 0:
             self._save_model()
         if self.total_steps is not None and step >= self.total_steps:
@@ -240,6 +446,44 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self.model._initial_epoch = None  # do not leak the resume point into a later fit()
         if self.delete_checkpoint and self._chief and os.path.isdir(self.backup_dir):
             shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+def remove_interrupted_writes(model_dir) -> list[str]:
+    """Delete what killed writes leave in a run directory; returns the removed paths.
+
+    ``checkpoints/ckpt-<step>_temp/`` (a checkpoint's shards staged by TensorFlow before they
+    are merged under the final name), ``checkpoints/.scratch/`` (non-chief workers' saves),
+    ``export/.staging-*`` (a SavedModel being written), and the ``.tmp-*`` files of atomic
+    writes (``.keras`` models, JSON, ``config.yaml``). None of them is ever read: complete
+    writes are renamed into place. Call once at the start of a run, before anything writes.
+    """
+    patterns = [
+        ("checkpoints", "ckpt-*_temp"),
+        ("checkpoints", ".scratch"),
+        ("checkpoints", "checkpoint.tmp*"),
+        ("export", ".staging-*"),
+        (".tmp-*.keras",),
+        ("*.tmp-*",),
+        ("*.json.tmp",),
+    ]
+    removed = []
+    for parts in patterns:
+        for path in sorted(glob.glob(os.path.join(model_dir, *parts))):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    continue
+            removed.append(path)
+    if removed:
+        logger.info(
+            "removed %d leftover(s) of interrupted writes: %s",
+            len(removed),
+            ", ".join(os.path.relpath(p, model_dir) for p in removed),
+        )
+    return removed
 
 
 def latest_step(backup_dir) -> int | None:

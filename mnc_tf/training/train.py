@@ -35,6 +35,7 @@ re-export when the run had finished).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -198,19 +199,26 @@ def build_datasets(config: ExperimentConfig, strategy, model_dir: str) -> DataSp
         seed=config.train.seed,
         **common,
     )
+    from mnc_tf.training.checkpoints import without_external_state_check
+
     fn = coco_dataset_fn(train_ann, train_dir, global_batch, **train_kwargs)
     info = fn.info
+
+    def dataset_fn(input_context=None):
+        # Checkpoints hold the iterator's position (exact resume).
+        return without_external_state_check(fn(input_context))
+
     if strategy.num_replicas_in_sync > 1 or strategy_lib.tf_config() is not None:
-        train = strategy.distribute_datasets_from_function(fn)
+        train = strategy.distribute_datasets_from_function(dataset_fn)
     else:
-        train = fn(None)
+        train = dataset_fn(None)
     val = val_info = None
     if val_ann is not None:
         image_ids = None
         if data_cfg.max_val_images:
             from mnc_tf.data import load_coco
 
-            coco = load_coco(val_ann)
+            coco, _ = load_coco(val_ann)
             image_ids = sorted(coco.getImgIds())[: data_cfg.max_val_images]
         val = coco_dataset(
             val_ann,
@@ -292,7 +300,11 @@ def _summary_images(splits, n):
 
 
 def _check_resume_config(model_dir, config):
-    """Write ``config.yaml`` on the first run; warn when a resumed run's config differs."""
+    """Warn when ``config`` differs from the ``config.yaml`` of the run being resumed.
+
+    Returns True when ``config.yaml`` does not exist yet (:func:`_write_config` writes it
+    once the model has been built, so a config that fails never leaves one behind).
+    """
     path = os.path.join(model_dir, "config.yaml")
     current = config.to_dict()
     if os.path.isfile(path):
@@ -313,7 +325,12 @@ def _check_resume_config(model_dir, config):
                 model_dir,
                 "; ".join(changed),
             )
-        return
+        return False
+    return True
+
+
+def _write_config(model_dir, config):
+    path = os.path.join(model_dir, "config.yaml")
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     with open(tmp, "w") as f:
         f.write(config.to_yaml())
@@ -371,17 +388,24 @@ def train(
     import tensorflow as tf
 
     from mnc_tf.training.checkpoints import (
+        KILL_ENV,
         BackupAndRestore,
         BestModelCheckpoint,
+        KillDuringEvaluation,
+        ResumableInput,
         atomic_save_model,
         global_step,
+        kill_when,
+        remove_interrupted_writes,
     )
     from mnc_tf.training.summaries import TrainingSummaries
 
     chief = strategy_lib.is_chief(strategy)
     os.makedirs(model_dir, exist_ok=True)
+    new_run = False
     if chief:
-        _check_resume_config(model_dir, config)
+        remove_interrupted_writes(model_dir)
+        new_run = _check_resume_config(model_dir, config)
     logger.info("strategy: %s", strategy_lib.describe(strategy))
 
     # 2. Precision and seeds. The policy is global Keras state: restore it when done.
@@ -414,6 +438,13 @@ def train(
             model = build_model(config, splits.info, lr)
             model.compile(jit_compile=False)
             model.optimizer.build(model.trainable_variables)
+        if new_run:  # the config is valid: record it (a failed config leaves nothing behind)
+            _write_config(model_dir, config)
+        if not mnc_cfg.deterministic_sampling:
+            logger.info(
+                "model.deterministic_sampling is false: anchor/RoI sampling draws from the "
+                "global RNG, so a resumed run will not reproduce an uninterrupted one exactly"
+            )
 
         # 5. Callbacks (order matters: BackupAndRestore first so its epoch bookkeeping runs
         # before any callback that may stop training; evaluation before the consumers of its
@@ -421,6 +452,11 @@ def train(
         total_steps = mnc_cfg.total_steps
         spe = min(tcfg.steps_per_epoch, total_steps)
         epochs = math.ceil(total_steps / spe)
+        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        # fit reads an iterator made here, so that checkpoints can hold the input position.
+        # (Not across workers: each reads its own shard, and only the chief's checkpoint is
+        # kept, so the other workers' positions would be lost.)
+        train_input = splits.train if multi_worker else ResumableInput(splits.train)
         backup = BackupAndRestore(
             os.path.join(model_dir, "checkpoints"),
             save_freq=tcfg.checkpoint_every,
@@ -428,9 +464,9 @@ def train(
             max_to_keep=tcfg.keep_checkpoints,
             steps_per_epoch=spe,
             total_steps=total_steps,
+            iterator=None if multi_worker else train_input.iterator,
         )
         callbacks = [backup]
-        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         evaluation = None
         if multi_worker and tcfg.eval_every_epochs and splits.val is not None:
             logger.info(
@@ -440,6 +476,8 @@ def train(
         else:
             evaluation = _evaluation_callback(config, splits, splits.val_annotations)
         if evaluation is not None:
+            if os.environ.get(KILL_ENV):
+                callbacks.append(KillDuringEvaluation())  # test hook
             callbacks.append(evaluation)
             monitor, mode = tcfg.best_metric, tcfg.best_mode
         else:
@@ -469,13 +507,15 @@ def train(
 
         # 6. Fit.
         start = time.time()
-        history = model.fit(
-            splits.train,
-            epochs=epochs,
-            steps_per_epoch=spe,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
+        fitting = contextlib.nullcontext() if multi_worker else train_input.fitting(model)
+        with fitting:
+            history = model.fit(
+                train_input,
+                epochs=epochs,
+                steps_per_epoch=spe,
+                callbacks=callbacks,
+                verbose=verbose,
+            )
         elapsed = time.time() - start
         step = global_step(model)
         run_info = {
@@ -495,10 +535,15 @@ def train(
         history.run_info = run_info
         if chief:
             atomic_save_model(model, os.path.join(model_dir, "final.keras"))
-            if tcfg.export_saved_model:
-                _export(model, os.path.join(model_dir, "export"))
-            _write_json(os.path.join(model_dir, "history.json"), history.history)
+            history_file = os.path.join(model_dir, "history.json")
+            if backup.steps_run or not os.path.isfile(history_file):
+                _write_json(history_file, history.history)
+            # else: nothing was trained (a finished run re-exported); keep the history.
             _write_json(os.path.join(model_dir, "run_info.json"), run_info)
+            if tcfg.export_saved_model:  # last: the slowest write
+                export_dir = os.path.join(model_dir, "export")
+                kill_when("export", 1, os.path.join(export_dir, ".staging-*"))
+                _export(model, export_dir)
         logger.info(
             "trained to step %d (%d steps in this process, %.1f s, %.2f images/s)",
             step,
