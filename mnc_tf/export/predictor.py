@@ -80,13 +80,16 @@ class Predictor:
     Attributes:
       labels: ``{category_id: class_name}``.
       mask_threshold: binarisation threshold for pasted masks.
+      score_threshold: the model's threshold for detections to draw / write
+        (``MNCConfig.predict_score_threshold``; 0.5 for exports that do not record it).
       source: the loaded path.
     """
 
-    def __init__(self, serving_fn, labels, mask_threshold=0.4, source=None):
+    def __init__(self, serving_fn, labels, mask_threshold=0.4, source=None, score_threshold=0.5):
         self._fn = serving_fn
         self.labels = dict(labels)
         self.mask_threshold = float(mask_threshold)
+        self.score_threshold = float(score_threshold)
         self.source = source
 
     @classmethod
@@ -120,12 +123,18 @@ class Predictor:
         assets = os.path.join(version_dir, "assets")
         labels_path = os.path.join(assets, LABELS_FILENAME)
         labels = read_labels(labels_path) if os.path.isfile(labels_path) else {}
-        mask_threshold = 0.4
+        info = {}
         info_path = os.path.join(assets, INFO_FILENAME)
         if os.path.isfile(info_path):
             with open(info_path, encoding="utf-8") as f:
-                mask_threshold = json.load(f).get("mask_threshold", mask_threshold)
-        predictor = cls(loaded.signatures[SIGNATURE_ENCODED], labels, mask_threshold, version_dir)
+                info = json.load(f)
+        predictor = cls(
+            loaded.signatures[SIGNATURE_ENCODED],
+            labels,
+            info.get("mask_threshold", 0.4),
+            version_dir,
+            score_threshold=info.get("score_threshold", 0.5),
+        )
         predictor._loaded = loaded  # keeps the restored variables alive
         return predictor
 
@@ -134,7 +143,9 @@ class Predictor:
         fn = build_serving_functions(model)[SIGNATURE_ENCODED]
         category_ids, class_names = label_map(model)
         threshold = getattr(model.config, "mask_binarize_threshold", 0.4)
-        return cls(fn, dict(zip(category_ids, class_names, strict=True)), threshold, source)
+        score = getattr(model.config, "predict_score_threshold", 0.5)
+        labels = dict(zip(category_ids, class_names, strict=True))
+        return cls(fn, labels, threshold, source, score_threshold=score)
 
     def predict(self, encoded):
         """Detections for one encoded image (JPEG / PNG / GIF / BMP bytes).
