@@ -40,7 +40,10 @@ class MNCConfig:
     input_normalization: str | None = None
 
     # ---- backbone ----
-    backbone_weights: str | None = None  # local .h5/.weights.h5 ImageNet file (no downloads)
+    # None (random init), "imagenet" (keras.applications' download-and-cache; for vgg16 the
+    # file with the fc layers, so the class stage's fc6/fc7 start from ImageNet as in the
+    # released model) or a local .h5 / .weights.h5 file.
+    backbone_weights: str | None = None
     freeze_early_layers: bool = True  # vgg conv1–2 / resnet stem+conv2 frozen (paper)
     # Stride of the feature map. None: 16 for vgg16/resnet/tiny, the user model's
     # ``feature_stride`` attribute otherwise. "tiny" accepts 4, 8, 16 or 32.
@@ -59,7 +62,12 @@ class MNCConfig:
     rpn_pre_nms_topk_test: int = 6000
     rpn_post_nms_topk_test: int = 300
     rpn_nms_iou: float = 0.7
+    # Proposals with a side below rpn_min_size are dropped. Released code: the size is in
+    # *original* image pixels (multiplied by the image scale, image_info row 2) and the filter
+    # runs before the pre-NMS top-k. False / False: input pixels, after the top-k.
     rpn_min_size: float = 16.0
+    rpn_min_size_scaled: bool = True
+    rpn_min_size_before_topk: bool = True
     rpn_batch_size_per_image: int = 256
     rpn_positive_fraction: float = 0.5
     rpn_positive_iou: float = 0.7
@@ -68,13 +76,20 @@ class MNCConfig:
     # (Faster R-CNN uses 0); negative keeps every anchor.
     rpn_allowed_border: float = 0.0
     rpn_smooth_l1_beta: float = 1.0 / 9.0  # sigma = 3 in the Caffe code
+    # Released MIX_INDEX: after the 256-anchor sample, the anchor behind every sampled
+    # stage-2 RoI that came from a proposal is labelled 1 (RoI foreground) or 0 (background).
+    rpn_mix_index: bool = True
 
     # ---- stage 2: masks ----
     roi_batch_size_per_image: int = 64
-    roi_fg_fraction: float = 0.25
+    roi_fg_fraction: float = 0.3  # released code (paper: ~25%)
     roi_fg_iou: float = 0.5
     roi_bg_iou_high: float = 0.5
-    roi_bg_iou_low: float = 0.1  # [low, high) preferred; [0, low) fills what is missing
+    roi_bg_iou_low: float = 0.1
+    # Shares of the background slots (R - #fg) drawn from IoU [low, high) and [0, low), each
+    # rounded and capped by what is available, as the released layer (0.85, 0.15). None:
+    # [low, high) first, [0, low) fills whatever is missing.
+    roi_bg_split: tuple | None = (0.85, 0.15)
     add_gt_as_proposals: bool = True
     roi_crop_size: int = 28  # RoI warp output before the 2×2 max-pool
     roi_pooled_size: int = 14  # after the max-pool
@@ -85,24 +100,34 @@ class MNCConfig:
     # ---- stage 3: categories ----
     class_pool_size: int = 7  # pathways max-pool the warped features to this size
     fc_dim: int = 4096  # width of the two fc layers of each pathway
-    # Mask-level labels: a RoI is foreground for the classifier only if its binarised
-    # predicted mask has at least this mask IoU with its GT mask (0 → box-level labels).
+    # Mask-level labels (released MaskLayer): a box-foreground RoI keeps its class only if its
+    # predicted mask, binarised at cls_mask_binarize_threshold and pasted in the RoI, has at
+    # least this IoU with the matched object's whole GT mask (0 → box-level labels).
     cls_mask_iou_threshold: float = 0.5
+    cls_mask_binarize_threshold: float = 0.4
+    # Released stages 3/5 also train a box-level classifier (cls_score / loss_cls, labels by
+    # box IoU) on the same features; it is not used at test time (det_cls_loss).
+    det_classifier: bool = True
+    # Released MaskLayer.backward: the class losses reach the mask head (through mask
+    # pooling) only from RoIs that are mask-level foreground. False: from every RoI.
+    mask_pathway_grad_fg_only: bool = True
     box_regression_weights: tuple = (10.0, 10.0, 5.0, 5.0)
     box_smooth_l1_beta: float = 1.0
 
     # ---- end to end ----
     box_gradient: bool = True  # losses back-propagate through the RoI coordinates
     # Per-image, per-element clamps of the gradient that stage-2+ losses send into the
-    # regression outputs (released code: proposal layer 1/256, stage bridge 1/64; None: off).
-    proposal_gradient_clip: float | None = 1.0 / 256
-    bridge_gradient_clip: float | None = 1.0 / 64
+    # regression outputs (released prototxt: clip_base 512 for both the proposal layer and
+    # the stage bridge; None: off).
+    proposal_gradient_clip: float | None = 1.0 / 512
+    bridge_gradient_clip: float | None = 1.0 / 512
 
     # ---- loss weights ----
     rpn_cls_loss_weight: float = 1.0
     rpn_box_loss_weight: float = 1.0
-    mask_loss_weight: float = 1.0
+    mask_loss_weight: float = 2.0  # released prototxt: loss_weight 2 (stages 2 and 4)
     cls_loss_weight: float = 1.0
+    det_cls_loss_weight: float = 1.0
     box_loss_weight: float = 1.0
 
     # ---- inference ----
@@ -115,6 +140,9 @@ class MNCConfig:
     # Voting averages the best-scoring this-many same-class candidates with box IoU ≥ 0.5
     # (bounds memory: K · this · m² floats per image).
     mask_voting_max_candidates: int = 32
+    # Released tester: each voted instance is re-boxed to the tight box of its voted mask
+    # (pixels > mask_binarize_threshold). False: the voted mask stays in the kept box.
+    mask_voting_rebox: bool = True
     mask_binarize_threshold: float = 0.4
     # Score threshold of the detections the tools draw and write (mnc-predict, Predictor,
     # visualize.draw_instances); evaluation scores every detection.
@@ -137,9 +165,19 @@ class MNCConfig:
     lr_drop_factor: float = 0.1
     warmup_steps: int = 0  # linear warm-up from 0
     clipnorm: float | None = None
+    # Caffe param { lr_mult } of the released prototxt: biases learn at 2x (optimizer "sgd"
+    # only), and weight decay applies to biases too (no decay_mult there, so 1).
+    bias_lr_mult: float = 2.0
+    bias_weight_decay: bool = True
 
     def __post_init__(self):
-        for name in ("anchor_ratios", "anchor_scales", "box_regression_weights", "tiny_filters"):
+        for name in (
+            "anchor_ratios",
+            "anchor_scales",
+            "box_regression_weights",
+            "tiny_filters",
+            "roi_bg_split",
+        ):
             value = getattr(self, name)
             if isinstance(value, (list, tuple)):
                 setattr(self, name, tuple(value))
@@ -189,6 +227,14 @@ class MNCConfig:
         )
         need(self.roi_batch_size_per_image >= 1, "roi_batch_size_per_image", ">= 1")
         need(0 < self.roi_fg_fraction <= 1, "roi_fg_fraction", "in (0, 1]")
+        need(
+            self.roi_bg_split is None
+            or (len(self.roi_bg_split) == 2 and min(self.roi_bg_split) >= 0),
+            "roi_bg_split",
+            "None or two fractions >= 0",
+        )
+        need(0 < self.cls_mask_binarize_threshold < 1, "cls_mask_binarize_threshold", "in (0, 1)")
+        need(self.bias_lr_mult > 0, "bias_lr_mult", "> 0")
         need(
             0 <= self.roi_bg_iou_low <= self.roi_bg_iou_high,
             "roi_bg_iou_low",

@@ -59,14 +59,18 @@ def cascade_stages(num_stages):
     return stages
 
 
-def loss_names(stages):
-    """Names of the cascade's loss terms, in stage order."""
+def loss_names(stages, det_classifier=False):
+    """Names of the cascade's loss terms, in stage order (``det_cls_loss*``: the box-level
+    classifier of ``MNCConfig.det_classifier``)."""
     names = []
     for st in stages:
         if st.kind == MASK:
             names.append("mask_loss" + st.loss_suffix)
         else:
-            names += ["cls_loss" + st.loss_suffix, "box_loss" + st.loss_suffix]
+            names.append("cls_loss" + st.loss_suffix)
+            if det_classifier:
+                names.append("det_cls_loss" + st.loss_suffix)
+            names.append("box_loss" + st.loss_suffix)
     return names
 
 
@@ -99,15 +103,27 @@ class Cascade:
         m = self.config.mask_size
         return warped, tf.reshape(logits, tf.stack([tf.shape(rois)[0], -1, m, m]))
 
-    def _classify(self, warped, mask_logits, batch, training):
+    def _classify(self, warped, mask_logits, batch, training, grad_rows=None, det=False):
+        """Class head on the warped features and the soft masks.
+
+        ``grad_rows`` (bool ``[B, R]``, training): the class losses reach the mask head
+        through the soft masks of these RoIs only (released ``MaskLayer.backward``).
+        ``det``: also return the box-level classifier's logits ``[B, R, N+1]``.
+        """
         m = self.config.mask_size
         probs = tf.sigmoid(tf.reshape(mask_logits, [-1, m, m]))
-        logits, deltas = self.heads["class_head"](warped, probs, training=training)
+        if grad_rows is not None:
+            rows = tf.reshape(grad_rows, [-1])[:, None, None]
+            probs = tf.where(rows, probs, tf.stop_gradient(probs))
+        outs = self.heads["class_head"](warped, probs, training=training, return_det=det)
         n1 = self.num_classes + 1
-        return (
-            tf.reshape(logits, tf.stack([batch, -1, n1])),
-            tf.reshape(deltas, tf.stack([batch, -1, n1, 4])),
-        )
+        shaped = [
+            tf.reshape(outs[0], tf.stack([batch, -1, n1])),
+            tf.reshape(outs[1], tf.stack([batch, -1, n1, 4])),
+        ]
+        if det:
+            shaped.append(tf.reshape(outs[2], tf.stack([batch, -1, n1])))
+        return tuple(shaped)
 
     def _refine(self, rois, deltas, classes, valid, image_size, grad_scale=None):
         """Apply each RoI's class-``classes`` deltas: the next mask stage's boxes.
@@ -140,7 +156,7 @@ class Cascade:
         rois, valid = sample["rois"], sample["valid"]
         fg, matched, labels = sample["fg"], sample["matched"], sample["labels"]
         out = {}
-        warped = mask_logits = targets = None
+        warped = mask_logits = None
         class_out = None
         for st in self.stages:
             if st.kind == MASK:
@@ -158,14 +174,30 @@ class Cascade:
                 )
                 out["mask_loss" + st.loss_suffix] = losses.mask_loss(mask_logits, targets, fg)
             else:
-                cls_logits, deltas = self._classify(warped, mask_logits, batch, training)
+                # Mask-level labels first: they decide which RoIs' soft masks pass gradient.
+                mask_iou = None
+                if cfg.cls_mask_iou_threshold > 0:
+                    mask_iou = class_targets.mask_overlap(
+                        tf.sigmoid(mask_logits),
+                        rois,
+                        gt["masks"],
+                        matched,
+                        cfg.cls_mask_binarize_threshold,
+                    )
                 cls_labels = class_targets.class_labels(
-                    labels, fg, tf.sigmoid(mask_logits), targets, cfg.cls_mask_iou_threshold
+                    labels, fg, mask_iou, cfg.cls_mask_iou_threshold
                 )
+                grad_rows = (cls_labels > 0) if cfg.mask_pathway_grad_fg_only else None
+                outs = self._classify(
+                    warped, mask_logits, batch, training, grad_rows, cfg.det_classifier
+                )
+                cls_logits, deltas = outs[0], outs[1]
                 box_t = class_targets.box_targets(
                     rois, gt["boxes"], matched, cfg.box_regression_weights
                 )
                 out["cls_loss" + st.loss_suffix] = losses.class_loss(cls_logits, cls_labels, valid)
+                if cfg.det_classifier:
+                    out["det_cls_loss" + st.loss_suffix] = losses.class_loss(outs[2], labels, valid)
                 out["box_loss" + st.loss_suffix] = losses.box_loss(
                     deltas, labels, box_t, fg, valid, cfg.box_smooth_l1_beta
                 )

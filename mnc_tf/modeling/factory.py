@@ -26,6 +26,8 @@ class MNCParts:
     mask_head: MaskHead
     class_head: ClassHead
     stages: list
+    # ImageNet fc1/fc2 for the class head's fc6/fc7 (VGG-16 with ImageNet weights), or None.
+    head_init: dict | None = None
 
 
 def build_mnc_parts(num_classes, backbone, num_stages, config):
@@ -38,7 +40,7 @@ def build_mnc_parts(num_classes, backbone, num_stages, config):
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
     stages = cascade_stages(num_stages)
-    model, stride, norm = build_backbone(backbone, config)
+    model, stride, norm, head_init = build_backbone(backbone, config)
     anchors = AnchorGenerator(
         config.anchor_base_size, config.anchor_ratios, config.anchor_scales, stride
     )
@@ -55,7 +57,9 @@ def build_mnc_parts(num_classes, backbone, num_stages, config):
             config.fc_dim,
             config.roi_pooled_size,
             config.class_pool_size,
+            det_classifier=config.det_classifier,
             name="class_head",
         ),
         stages=stages,
+        head_init=head_init,
     )

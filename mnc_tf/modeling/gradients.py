@@ -2,10 +2,16 @@
 
 The stage-2+ losses reach the box coordinates through RoI warping (DESIGN.md §1). The
 released code bounds what reaches the regression outputs: its proposal layer clamps every
-element of d(loss)/d(RPN deltas) to ±1/256 and its stage bridge clamps d(loss)/d(stage-3
-deltas) to ±1/64, per image. Without such a bound the warped-feature gradient (tens of times
-the RPN's own regression gradient) drags the proposals off the objects within a few hundred
-steps.
+element of d(loss)/d(RPN deltas) and its stage bridge every element of d(loss)/d(stage-3
+deltas) to ±1/``clip_base``, per image, with ``clip_base: 512`` for both in
+``models/VGG16/mnc_5stage/train.prototxt`` (the layers' code defaults, 256 and 64, are
+overridden there). Without such a bound the warped-feature gradient (tens of times the RPN's
+own regression gradient) drags the proposals off the objects within a few hundred steps.
+
+What is clamped differs slightly: the released layers clamp their own hand-written
+derivatives (the proposal layer passes none for proposals or anchors that cross the image
+border; the bridge differentiates as if its output were centre/size), while here the clamp
+sits on the exact derivative of the decode → clip chain (docs/faithfulness.md).
 """
 
 import tensorflow as tf

@@ -30,7 +30,7 @@ from mnc_tf.modeling.cascade import Cascade, loss_names
 from mnc_tf.modeling.factory import build_mnc_parts
 from mnc_tf.modeling.gradients import clip_gradient
 from mnc_tf.modeling.optim import build_optimizer
-from mnc_tf.modeling.stage1_rpn.anchor_labeler import label_anchors
+from mnc_tf.modeling.stage1_rpn.anchor_labeler import label_anchors, mix_index_labels
 from mnc_tf.modeling.stage1_rpn.proposals import generate_proposals
 from mnc_tf.modeling.stage2_mask.roi_sampler import sample_rois
 
@@ -41,6 +41,7 @@ _LOSS_WEIGHTS = (
     ("rpn_box_loss", "rpn_box_loss_weight"),
     ("mask_loss", "mask_loss_weight"),
     ("cls_loss", "cls_loss_weight"),
+    ("det_cls_loss", "det_cls_loss_weight"),
     ("box_loss", "box_loss_weight"),
 )
 
@@ -124,9 +125,14 @@ class MNC(keras.Model):
             config,
             num_classes,
         )
-        self.loss_names = ["rpn_cls_loss", "rpn_box_loss"] + loss_names(self.stages)
+        self.loss_names = ["rpn_cls_loss", "rpn_box_loss"] + loss_names(
+            self.stages, config.det_classifier
+        )
         self.loss_trackers = [keras.metrics.Mean(name=n) for n in self.loss_names]
         self.build()
+        if parts.head_init is not None:
+            # The released model's fc6/fc7 (both pathways) start from ImageNet VGG-16.
+            self.class_head.load_pathway_fc(parts.head_init["fc1"], parts.head_init["fc2"])
 
     # ------------------------------------------------------------------ building
     def build(self, input_shape=None):
@@ -226,6 +232,8 @@ class MNC(keras.Model):
             cfg.rpn_post_nms_topk_test,
             cfg.rpn_nms_iou,
             cfg.rpn_min_size,
+            cfg.rpn_min_size_before_topk,
+            self._min_size_scale(inputs),
         )
         boxes, masks, probs, valid = self.cascade.infer(
             features, image_size, proposals, valid, training=training
@@ -256,19 +264,15 @@ class MNC(keras.Model):
         )
         # Stage 1 targets and losses.
         anchor_keys = sampling.uniform(seeds, tf.shape(anchors)[0], sampling.SALT_ANCHORS)
-        labels, matched_boxes = label_anchors(
-            anchors, gt["boxes"], gt["valid"], image_size, anchor_keys, cfg
-        )
-        target_deltas = box_ops.encode(matched_boxes, anchors[None])
-        rpn_cls, rpn_box = loss_lib.rpn_losses(
-            logits, deltas, labels, target_deltas, cfg.rpn_smooth_l1_beta
+        labels, matched_boxes, inside = label_anchors(
+            anchors, gt["boxes"], gt["valid"], image_size, anchor_keys, cfg, return_inside=True
         )
         # Proposals (differentiable w.r.t. the RPN deltas) → RoI sample → stages 2..n.
         # d(differentiated loss)/d(one image's loss): batch mean, replicas, loss scale.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         grad_scale = tf.cast(loss_scale, tf.float32) / tf.cast(batch * replicas, tf.float32)
         prop_deltas = clip_gradient(deltas, cfg.proposal_gradient_clip, grad_scale)
-        proposals, _, valid = generate_proposals(
+        proposals, _, valid, proposal_anchors = generate_proposals(
             logits,
             prop_deltas,
             anchors,
@@ -277,6 +281,9 @@ class MNC(keras.Model):
             cfg.rpn_post_nms_topk_train,
             cfg.rpn_nms_iou,
             cfg.rpn_min_size,
+            cfg.rpn_min_size_before_topk,
+            self._min_size_scale(x),
+            return_anchor_indices=True,
         )
         roi_keys = sampling.uniform(
             seeds, tf.shape(proposals)[1] + tf.shape(gt["boxes"])[1], sampling.SALT_ROIS
@@ -284,11 +291,39 @@ class MNC(keras.Model):
         sample = sample_rois(
             proposals, valid, gt["boxes"], gt["labels"], gt["valid"], roi_keys, cfg
         )
+        if cfg.rpn_mix_index:
+            # Anchors behind the sampled RoIs join the RPN losses (released MIX_INDEX).
+            num_props = tf.shape(proposals)[1]
+            from_prop = sample["valid"] & (sample["index"] < num_props)
+            roi_anchors = tf.where(
+                from_prop,
+                tf.gather(
+                    proposal_anchors, tf.minimum(sample["index"], num_props - 1), batch_dims=1
+                ),
+                -1,
+            )
+            labels = mix_index_labels(
+                labels, inside, roi_anchors, sample["fg"], sample["valid"] & ~sample["fg"]
+            )
+        target_deltas = box_ops.encode(matched_boxes, anchors[None])
+        rpn_cls, rpn_box = loss_lib.rpn_losses(
+            logits, deltas, labels, target_deltas, cfg.rpn_smooth_l1_beta
+        )
         per_image = {"rpn_cls_loss": rpn_cls, "rpn_box_loss": rpn_box}
         per_image.update(self.cascade.train(features, image_size, sample, gt, grad_scale, training))
         out = {name: tf.reduce_mean(per_image[name]) for name in self.loss_names}
         out["loss"] = tf.add_n([self._loss_weight(name) * out[name] for name in self.loss_names])
         return out
+
+    def _min_size_scale(self, inputs):
+        """float32 ``[B]`` image scale (``image_info`` row 2) multiplying ``rpn_min_size``
+        (``rpn_min_size_scaled``), or None (scale 1) when the inputs carry no image_info."""
+        if not self.config.rpn_min_size_scaled or not isinstance(inputs, dict):
+            return None
+        info = inputs.get("image_info")
+        if info is None:
+            return None
+        return tf.reduce_mean(tf.cast(info, tf.float32)[:, 2, :], axis=-1)
 
     def _loss_weight(self, name):
         for prefix, field in _LOSS_WEIGHTS:

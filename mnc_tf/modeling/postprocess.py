@@ -14,8 +14,12 @@ def detect(boxes, mask_probs, class_probs, valid, config):
        by class so different classes never overlap), keeping the best ``max_detections``;
     3. mask voting (``mask_voting``): a kept instance's mask becomes the average of the soft
        masks of the instances whose box IoU with it is ≥ ``mask_voting_iou``, weighted by their
-       probability of the kept class (itself included), re-sampled into the kept box (at most
-       ``mask_voting_max_candidates`` of the heaviest candidates).
+       probability of the kept class (itself included; at most
+       ``mask_voting_max_candidates`` of the heaviest candidates). With
+       ``mask_voting_rebox`` (the released tester) the average is taken over the box enclosing
+       the candidates and the instance is re-boxed to the tight box of its voted mask
+       (> ``mask_binarize_threshold``), so a voted mask is not cut at the kept box's edge;
+       otherwise it is re-sampled into the kept box.
 
     Args:
       boxes: float32 ``[B, J, 4]`` instance boxes (pixels).
@@ -58,7 +62,7 @@ def detect(boxes, mask_probs, class_probs, valid, config):
     own_masks = tf.gather(mask_probs, det_inst, batch_dims=1)  # [B, K, m, m]
 
     if config.mask_voting:
-        det_masks = vote_masks(
+        det_masks, det_boxes = vote_masks(
             det_boxes, det_cls, own_masks, boxes, mask_probs, class_probs, valid, config
         )
     else:
@@ -83,7 +87,8 @@ def vote_masks(det_boxes, det_classes, own_masks, boxes, mask_probs, class_probs
       boxes, mask_probs, class_probs, valid: all instances, as in :func:`detect`.
 
     Returns:
-      float32 ``[B, K, m, m]`` voted soft masks.
+      ``(masks [B, K, m, m], boxes [B, K, 4])``: the voted soft masks and the boxes they are
+      in (the tight boxes with ``mask_voting_rebox``, else ``det_boxes``).
     """
     iou = box_ops.iou(det_boxes, boxes)  # [B, K, J]
     # Probability of each kept detection's class for every instance: [B, J, K] → [B, K, J].
@@ -97,15 +102,57 @@ def vote_masks(det_boxes, det_classes, own_masks, boxes, mask_probs, class_probs
     num_inst = tf.shape(boxes)[1]
     pool_idx = tf.range(tf.shape(boxes)[0])[:, None, None] * num_inst + top_j
     m = mask_probs.shape[-1]
-    resampled = masks.resample_masks(
-        tf.reshape(mask_probs, [-1, m, m]),
-        src_boxes,
-        det_boxes[:, :, None, :],
-        mask_indices=pool_idx,
-    )
+    pool = tf.reshape(mask_probs, [-1, m, m])
     total = tf.reduce_sum(top_w, axis=2)  # [B, K]
-    voted = (
-        tf.reduce_sum(top_w[..., None, None] * resampled, axis=2)
-        / tf.maximum(total, 1e-12)[..., None, None]
+    has_votes = total > 0
+
+    def average(frame, size):
+        """Weighted mean of the candidates re-sampled on ``frame [B, K, 4]`` (size²)."""
+        resampled = masks.resample_masks(
+            pool, src_boxes, frame[:, :, None, :], size=size, mask_indices=pool_idx
+        )
+        summed = tf.reduce_sum(top_w[..., None, None] * resampled, axis=2)
+        return summed / tf.maximum(total, 1e-12)[..., None, None]
+
+    if not config.mask_voting_rebox:
+        voted = average(det_boxes, m)
+        return tf.where(has_votes[..., None, None], voted, own_masks), det_boxes
+
+    # Vote on the box enclosing the kept box and every weighted candidate, at 2m cells a
+    # side (candidates overlap the kept box by IoU >= 0.5, so the enclosing box is at most
+    # a few times larger), then re-box to the cells above the threshold.
+    used = (top_w > 0)[..., None]
+    far = tf.reduce_max(tf.abs(boxes)) + 1.0
+    lo = tf.reduce_min(tf.where(used, src_boxes[..., :2], far), axis=2)
+    hi = tf.reduce_max(tf.where(used, src_boxes[..., 2:], -far), axis=2)
+    frame = tf.concat(
+        [tf.minimum(lo, det_boxes[..., :2]), tf.maximum(hi, det_boxes[..., 2:])], axis=-1
     )
-    return tf.where((total > 0)[..., None, None], voted, own_masks)
+    g = 2 * m
+    voted = average(frame, g)  # [B, K, g, g]
+    on = voted > config.mask_binarize_threshold
+    rows = tf.reduce_any(on, axis=3)  # [B, K, g]
+    cols = tf.reduce_any(on, axis=2)
+    found = tf.reduce_any(rows, axis=2) & has_votes
+
+    def span(hit):
+        first = tf.argmax(tf.cast(hit, tf.int32), axis=-1, output_type=tf.int32)
+        last = g - 1 - tf.argmax(tf.cast(hit[..., ::-1], tf.int32), axis=-1, output_type=tf.int32)
+        return tf.cast(first, tf.float32), tf.cast(last + 1, tf.float32)
+
+    r0, r1 = span(rows)
+    c0, c1 = span(cols)
+    cell_h = (frame[..., 2] - frame[..., 0]) / g
+    cell_w = (frame[..., 3] - frame[..., 1]) / g
+    tight = tf.stack(
+        [
+            frame[..., 0] + r0 * cell_h,
+            frame[..., 1] + c0 * cell_w,
+            frame[..., 0] + r1 * cell_h,
+            frame[..., 1] + c1 * cell_w,
+        ],
+        axis=-1,
+    )
+    new_boxes = tf.where(found[..., None], tight, det_boxes)
+    new_masks = masks.resample_masks(voted, frame, new_boxes, size=m)
+    return tf.where(has_votes[..., None, None], new_masks, own_masks), new_boxes

@@ -14,7 +14,7 @@ def test_paper_defaults():
     assert (c.rpn_pre_nms_topk_test, c.rpn_post_nms_topk_test) == (6000, 300)
     assert (c.rpn_nms_iou, c.rpn_min_size, c.rpn_batch_size_per_image) == (0.7, 16.0, 256)
     assert (c.rpn_positive_iou, c.rpn_negative_iou, c.rpn_positive_fraction) == (0.7, 0.3, 0.5)
-    assert (c.roi_batch_size_per_image, c.roi_fg_fraction, c.roi_fg_iou) == (64, 0.25, 0.5)
+    assert (c.roi_batch_size_per_image, c.roi_fg_fraction, c.roi_fg_iou) == (64, 0.3, 0.5)
     assert (c.roi_bg_iou_low, c.roi_bg_iou_high) == (0.1, 0.5)
     assert (c.roi_crop_size, c.roi_pooled_size, c.mask_size, c.mask_fc_dim) == (28, 14, 28, 256)
     assert (c.fc_dim, c.class_pool_size, c.cls_mask_iou_threshold) == (4096, 7, 0.5)
@@ -23,6 +23,17 @@ def test_paper_defaults():
     assert c.box_gradient is True
     assert (c.optimizer, c.learning_rate, c.momentum, c.weight_decay) == ("sgd", 1e-3, 0.9, 5e-4)
     assert (c.lr_drop_fraction, c.lr_drop_factor) == (0.2, 0.1)
+
+
+def test_released_training_defaults():
+    """The released prototxt / mnc_config.py settings (docs/faithfulness.md)."""
+    c = MNCConfig()
+    assert c.roi_bg_split == (0.85, 0.15)
+    assert c.mask_loss_weight == 2.0 and c.det_cls_loss_weight == 1.0 and c.det_classifier
+    assert c.proposal_gradient_clip == c.bridge_gradient_clip == 1.0 / 512
+    assert c.rpn_min_size_scaled and c.rpn_min_size_before_topk and c.rpn_mix_index
+    assert c.mask_pathway_grad_fg_only and c.cls_mask_binarize_threshold == 0.4
+    assert c.bias_lr_mult == 2.0 and c.bias_weight_decay and c.mask_voting_rebox
 
 
 def test_dict_and_yaml_round_trip():

@@ -81,16 +81,19 @@ def test_losses_and_names(model5, batch):
         "rpn_box_loss",
         "mask_loss",
         "cls_loss",
+        "det_cls_loss",
         "box_loss",
         "mask_loss_4",
         "cls_loss_5",
+        "det_cls_loss_5",
         "box_loss_5",
     ]
     assert model5.loss_names == expected
     assert set(losses) == set(expected) | {"loss"}
     for v in losses.values():
         assert v.shape == () and np.isfinite(v.numpy())
-    total = sum(losses[k] for k in expected)
+    # Released loss weights: 2 on the mask losses, 1 elsewhere.
+    total = sum((2.0 if k.startswith("mask_loss") else 1.0) * losses[k] for k in expected)
     np.testing.assert_allclose(losses["loss"], total, rtol=1e-5)
     # Fresh heads: mask BCE ≈ log 2, RPN BCE ≈ log 2.
     np.testing.assert_allclose(losses["mask_loss"], np.log(2.0), atol=0.05)
@@ -107,9 +110,10 @@ def test_deterministic_sampling_reproducible(model5, batch):
 
 def test_three_stage_model(batch):
     images, targets = batch
-    model = MNC(2, backbone="tiny", num_stages=3, config=make_tiny_config())
+    model = MNC(2, backbone="tiny", num_stages=3, config=make_tiny_config(det_classifier=False))
     assert [s.number for s in model.stages] == [2, 3]
     assert model.loss_names == ["rpn_cls_loss", "rpn_box_loss", "mask_loss", "cls_loss", "box_loss"]
+    assert model.class_head.det_cls is None
     out = model(images)
     assert out["classes"].shape == (2, 10)
     targets = dict(targets, labels=np.minimum(targets["labels"], 2))

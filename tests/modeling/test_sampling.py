@@ -81,7 +81,7 @@ def _roi_case(seed=0):
 
 
 def test_sample_rois_fractions_and_labels():
-    cfg = MNCConfig(roi_batch_size_per_image=64)
+    cfg = MNCConfig(roi_batch_size_per_image=64, roi_fg_fraction=0.25, roi_bg_split=None)
     props, gt = _roi_case()
     keys = tf.random.stateless_uniform([1, 203], seed=[5, 6])
     out = sample_rois(
@@ -102,7 +102,8 @@ def test_sample_rois_fractions_and_labels():
     labels = out["labels"].numpy()[0]
     assert set(labels[fg]) <= {2, 3} and np.all(labels[~fg] == 0)
     np.testing.assert_array_equal(labels[fg], np.array([2, 3])[np_iou(rois[fg], gt[:2]).argmax(1)])
-    # Background is drawn from [0.1, 0.5) first; [0, 0.1) only fills what is missing.
+    # roi_bg_split=None: background from [0.1, 0.5) first; [0, 0.1) fills what is missing
+    # (the released split is tested in test_released_parity.py).
     cand = np.concatenate([props, gt[:2]])
     cand_iou = np_iou(cand, gt[:2]).max(1)
     n_main = ((cand_iou >= 0.1) & (cand_iou < 0.5)).sum()

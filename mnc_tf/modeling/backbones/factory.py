@@ -57,12 +57,16 @@ class ImageNormalization(keras.layers.Layer):
 
 
 def build_backbone(backbone, config):
-    """Resolve ``backbone`` into ``(model, feature_stride, normalization_mode)``.
+    """Resolve ``backbone`` into ``(model, feature_stride, normalization_mode, head_init)``.
 
     Args:
       backbone: ``"vgg16"``, ``"resnet50"``, ``"resnet101"``, ``"tiny"`` or a ``keras.Model``.
-      config: :class:`mnc_tf.MNCConfig` (``backbone_weights``, ``feature_stride``,
+      config: :class:`mnc_tf.MNCConfig` (``backbone_weights``: None, ``"imagenet"`` for the
+        keras.applications backbones, or a local file; ``feature_stride``,
         ``input_normalization``, ``tiny_*``, ``freeze_early_layers``).
+
+    ``head_init`` is None or, for VGG-16 with ImageNet weights that include the classifier,
+    ``{"fc1": (kernel, bias), "fc2": (kernel, bias)}`` for the class stage's fc6/fc7.
     """
     weights = config.backbone_weights
     if isinstance(backbone, keras.Model):
@@ -78,10 +82,16 @@ def build_backbone(backbone, config):
                 f"backbone: a user keras.Model must output [B, h, w, C] with a static C, "
                 f"got output shape {getattr(backbone, 'output_shape', None)}"
             )
-        return backbone, int(stride), config.input_normalization or "none"
+        return backbone, int(stride), config.input_normalization or "none", None
     if not isinstance(backbone, str) or backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES} or a keras.Model, got {backbone!r}")
-    if weights is not None and not os.path.exists(weights):
+    if weights == "imagenet":
+        if backbone == "tiny":
+            raise ValueError(
+                "backbone_weights='imagenet' needs a keras.applications backbone "
+                f"('vgg16', 'resnet50', 'resnet101'), got backbone {backbone!r}"
+            )
+    elif weights is not None and not os.path.exists(weights):
         raise FileNotFoundError(f"backbone_weights file not found: {weights!r}")
     norm = config.input_normalization or _DEFAULT_NORMALIZATION[backbone]
     if backbone == "tiny":
@@ -91,14 +101,15 @@ def build_backbone(backbone, config):
         )
         if weights is not None:
             model.load_weights(weights)
-        return model, stride, norm
+        return model, stride, norm, None
     if config.feature_stride not in (None, 16):
         raise ValueError(
             f"feature_stride for backbone {backbone!r} must be 16 (or None), "
             f"got {config.feature_stride!r}"
         )
+    head_init = None
     if backbone == "vgg16":
-        model = build_vgg16(weights, config.freeze_early_layers)
+        model, head_init = build_vgg16(weights, config.freeze_early_layers)
     else:
         model = build_resnet(backbone, weights, config.freeze_early_layers)
-    return model, 16, norm
+    return model, 16, norm, head_init

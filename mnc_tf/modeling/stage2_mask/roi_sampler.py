@@ -9,10 +9,14 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, keys, 
     """Pick ``R = roi_batch_size_per_image`` RoIs per image, as the released MNC code.
 
     Candidates are the proposals plus (``add_gt_as_proposals``) the GT boxes. At most
-    ``R · roi_fg_fraction`` foreground (max IoU ≥ ``roi_fg_iou``) are drawn at random, the
-    rest are background drawn from IoU ``[roi_bg_iou_low, roi_bg_iou_high)`` first and from
-    ``[0, roi_bg_iou_low)`` when those run out. Selection is by index only: the returned RoI
-    coordinates are gathered from ``proposals`` and stay differentiable w.r.t. them.
+    ``round(R · roi_fg_fraction)`` foreground (max IoU ≥ ``roi_fg_iou``) are drawn at random.
+    The ``R - #fg`` background slots: with ``roi_bg_split = (a, b)`` (released
+    ``_sample_rois``: 0.85, 0.15), ``round(a · slots)`` are drawn from IoU
+    ``[roi_bg_iou_low, roi_bg_iou_high)`` and ``round(b · slots)`` from ``[0, roi_bg_iou_low)``,
+    each capped by what is available (so fewer than ``R`` RoIs may be valid); with ``None``,
+    ``[low, high)`` first and ``[0, low)`` fills what is missing. Selection is by index only:
+    the returned RoI coordinates are gathered from ``proposals`` and stay differentiable
+    w.r.t. them.
 
     Args:
       proposals: float32 ``[B, P, 4]``; proposal_valid: bool ``[B, P]``.
@@ -23,7 +27,8 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, keys, 
     Returns:
       dict of ``[B, R]`` tensors plus ``rois [B, R, 4]``: ``valid`` (a real sample),
       ``fg`` (foreground by box IoU), ``matched`` (int32 GT index), ``labels`` (int32 GT
-      class for fg, else 0), ``max_iou``.
+      class for fg, else 0), ``max_iou``, ``index`` (int32 candidate index: ``< P`` for a
+      proposal, ``P + n`` for GT box ``n``).
     """
     gt_boxes = tf.cast(gt_boxes, tf.float32)
     if config.add_gt_as_proposals:
@@ -41,13 +46,20 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, keys, 
     max_fg = max(1, int(round(total * config.roi_fg_fraction)))
     batch = tf.shape(max_iou)[0]
     fg_sel = sampling.select_random(fg, tf.fill([batch], max_fg), keys, max_fg)
+    if config.roi_bg_split is not None:
+        # Released split: fixed, rounded shares of the background slots (numpy and tf.round
+        # both round half to even), each capped by the candidates in its IoU range.
+        slots = tf.cast(total - sampling.count(fg_sel), tf.float64)
+        share_main, share_fill = (float(f) for f in config.roi_bg_split)
+        n_main = tf.cast(tf.round(slots * share_main), tf.int32)
+        n_fill = tf.cast(tf.round(slots * share_fill), tf.int32)
+        bg_main = sampling.select_random(bg_main & ~fg, n_main, keys, total)
+        bg_fill = sampling.select_random(bg_fill & ~fg, n_fill, keys, total)
+    else:
+        bg_main, bg_fill = bg_main & ~fg, bg_fill & ~fg
     # Priorities: chosen fg > bg in [low, high) > bg in [0, low) > not usable; the random key
     # orders entries within a class. top_k then takes fg first and fills with background.
-    priority = tf.where(
-        fg_sel,
-        3.0,
-        tf.where(bg_main & ~fg, 2.0, tf.where(bg_fill & ~fg, 1.0, -2.0)),
-    )
+    priority = tf.where(fg_sel, 3.0, tf.where(bg_main, 2.0, tf.where(bg_fill, 1.0, -2.0)))
     priority = priority + keys
     k = tf.minimum(total, tf.shape(priority)[1])
     top, idx = tf.math.top_k(priority, k=k, sorted=True)
@@ -68,4 +80,5 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, keys, 
         "matched": roi_matched,
         "labels": tf.cast(labels, tf.int32),
         "max_iou": tf.gather(max_iou, idx, batch_dims=1),
+        "index": idx,
     }

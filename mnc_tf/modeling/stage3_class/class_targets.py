@@ -3,32 +3,54 @@
 import tensorflow as tf
 
 from mnc_tf.core import box_ops
+from mnc_tf.core import masks as mask_ops
 
 
-def mask_iou(pred_probs, target_masks, threshold=0.5):
-    """IoU of binarised predicted masks with binary targets, both in the RoI frame.
+def mask_overlap(pred_probs, rois, gt_masks, matched, threshold=0.4):
+    """Mask IoU of every RoI's predicted mask with its matched object's whole GT mask.
+
+    The released ``MaskLayer`` rule (``mask_overlap`` in ``lib/transform/mask_transform.py``):
+    the ``m × m`` prediction is resized into the RoI box and binarised at ``threshold``; the
+    IoU is taken with the object's whole GT mask, so object pixels outside the RoI count in
+    the union. Here the prediction is pasted into the image with
+    :func:`mnc_tf.core.masks.paste_masks` (pixel centres, bilinear, edge cells replicated —
+    what ``cv2.resize`` does for an integer box) and compared at input-image resolution.
 
     Args:
-      pred_probs: float32 ``[..., m, m]`` probabilities; target_masks: ``[..., m, m]`` {0, 1}.
+      pred_probs: float32 ``[B, R, m, m]`` probabilities (no gradient is taken).
+      rois: float32 ``[B, R, 4]`` pixels of the padded input images.
+      gt_masks: uint8 / float ``[B, N, H, W]`` binary GT masks of those images.
+      matched: int32 ``[B, R]`` GT index of every RoI.
+      threshold: binarisation of the pasted prediction (released ``BINARIZE_THRESH`` 0.4).
 
     Returns:
-      float32 ``[...]`` (0 where both are empty).
+      float32 ``[B, R]`` IoU (0 where both masks are empty).
     """
-    pred = tf.cast(pred_probs >= threshold, tf.float32)
-    target = tf.cast(target_masks >= 0.5, tf.float32)
-    inter = tf.reduce_sum(pred * target, axis=[-2, -1])
-    union = tf.reduce_sum(tf.maximum(pred, target), axis=[-2, -1])
-    return tf.math.divide_no_nan(inter, union)
+    pred_probs = tf.stop_gradient(tf.cast(pred_probs, tf.float32))
+    rois = tf.stop_gradient(tf.cast(rois, tf.float32))
+    shape = tf.shape(gt_masks)
+    b, h, w = shape[0], shape[2], shape[3]
+    r = tf.shape(rois)[1]
+    m = pred_probs.shape[-1]
+    soft = mask_ops.paste_masks(
+        tf.reshape(pred_probs, [-1, m, m]), tf.reshape(rois, [-1, 4]), tf.stack([h, w]), None
+    )
+    pred = tf.cast(soft >= threshold, tf.float32)  # [B·R, H, W]
+    gt = tf.gather(gt_masks, tf.cast(matched, tf.int32), batch_dims=1)  # [B, R, H, W]
+    gt = tf.reshape(tf.cast(gt > 0, tf.float32), tf.shape(pred))
+    inter = tf.reduce_sum(pred * gt, axis=[1, 2])
+    union = tf.reduce_sum(pred, axis=[1, 2]) + tf.reduce_sum(gt, axis=[1, 2]) - inter
+    return tf.reshape(tf.math.divide_no_nan(inter, union), tf.stack([b, r]))
 
 
-def class_labels(box_labels, box_fg, pred_probs, target_masks, iou_threshold):
-    """Mask-level labels (paper): a box-foreground RoI keeps its GT class only if its
-    binarised predicted mask has mask IoU ≥ ``iou_threshold`` with its GT mask.
+def class_labels(box_labels, box_fg, mask_iou, iou_threshold):
+    """Mask-level labels (paper; released ``MaskLayer``): a box-foreground RoI keeps its GT
+    class only if ``mask_iou`` (:func:`mask_overlap`) is at least ``iou_threshold``.
 
     Args:
       box_labels: int32 ``[B, R]`` (GT class of box-foreground RoIs, else 0).
       box_fg: bool ``[B, R]``.
-      pred_probs, target_masks: ``[B, R, m, m]``.
+      mask_iou: float32 ``[B, R]`` or None (only allowed with ``iou_threshold <= 0``).
       iou_threshold: 0 disables the mask criterion (box-level labels).
 
     Returns:
@@ -36,7 +58,7 @@ def class_labels(box_labels, box_fg, pred_probs, target_masks, iou_threshold):
     """
     if iou_threshold <= 0:
         return box_labels
-    ok = mask_iou(tf.stop_gradient(pred_probs), target_masks) >= iou_threshold
+    ok = mask_iou >= iou_threshold
     return tf.where(box_fg & ok, box_labels, 0)
 
 
