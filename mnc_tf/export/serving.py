@@ -66,6 +66,8 @@ SIGNATURE_ENCODED = "serving_default"
 SIGNATURE_IMAGE_TENSOR = "serving_image_tensor"
 SIGNATURE_TF_EXAMPLE = "serving_tf_example"
 SIGNATURES = (SIGNATURE_ENCODED, SIGNATURE_IMAGE_TENSOR, SIGNATURE_TF_EXAMPLE)
+# A tf.function saved beside the signatures (not one of them): the model on resized images.
+INFER_FUNCTION = "infer"
 
 OUTPUT_KEYS = (
     "detection_boxes",
@@ -89,6 +91,8 @@ _RIFF_MAGIC, _WEBP_MAGIC = b"RIFF", b"WEBP"  # bytes 0–3 and 8–11
 _JXL_CODESTREAM_MAGIC = b"\xff\x0a"
 _JXL_CONTAINER_MAGIC = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
 _FORMATS = "JPEG, PNG, GIF, BMP, WebP or JPEG XL"
+_FORMAT_NAMES = ["unknown", "JPEG", "PNG", "GIF", "BMP", "WebP", "JPEG XL"]
+_HEADER_BYTES = 32
 
 
 def label_map(model):
@@ -141,8 +145,98 @@ def _preprocess_config(model):
     return short_side, max_side
 
 
+def _first_true(flags):
+    """Index of the first True in a bool ``[B]`` (``B`` when there is none)."""
+    flags = tf.concat([flags, [True]], axis=0)
+    return tf.cast(tf.argmax(tf.cast(flags, tf.int32)), tf.int32)
+
+
+def _run_each(values, fn, fill):
+    """``fn(value)`` for every element of ``values`` [B]; elements where it fails are dropped.
+
+    Runs ``fn`` in a ``tf.data`` pipeline with ``ignore_errors`` (stock ops; the only way a
+    graph can survive a decoder / parser error and still say *which* element failed).
+
+    Returns:
+      ``(ok, outputs)``: bool ``[B]`` (``fn`` succeeded on that element) and ``fn``'s outputs
+      batched and zero-padded to the largest element, one row per *successful* element, in
+      order. ``fill``: outputs of the same structure used only to keep the pipeline non-empty.
+    """
+    count = tf.shape(values)[0]
+    index = tf.range(count)
+    dataset = tf.data.Dataset.from_tensor_slices((index, values))
+    dataset = dataset.map(lambda i, value: (i, fn(value))).ignore_errors()
+    # A sentinel row (index -1): get_single_element needs at least one element.
+    dataset = dataset.concatenate(tf.data.Dataset.from_tensors((tf.constant(-1), fill)))
+    done, outputs = dataset.padded_batch(tf.cast(count, tf.int64) + 1).get_single_element()
+    keep = tf.shape(done)[0] - 1
+    ok = tf.reduce_any(tf.equal(done[:keep, None], index[None, :]), axis=0)
+    return ok, tf.nest.map_structure(lambda t: t[:keep], outputs)
+
+
+def _be(head, start, size):
+    """Big-endian unsigned int of ``size`` bytes at ``start`` of uint8 ``head`` [B, n]."""
+    value = tf.zeros(tf.shape(head)[:1], tf.int64)
+    for k in range(size):
+        value = value * 256 + tf.cast(head[:, start + k], tf.int64)
+    return value
+
+
+def _le(head, start, size, signed=False):
+    """Little-endian int of ``size`` bytes at ``start`` of uint8 ``head`` [B, n]."""
+    value = tf.zeros(tf.shape(head)[:1], tf.int64)
+    for k in reversed(range(size)):
+        value = value * 256 + tf.cast(head[:, start + k], tf.int64)
+    if signed:
+        value = tf.where(value >= 2 ** (8 * size - 1), value - 2 ** (8 * size), value)
+    return value
+
+
+def _sniff(encoded):
+    """Format and, where the header says it, the size of every encoded image of ``encoded`` [B].
+
+    Returns:
+      ``(format, header, height, width)``: int32 ``[B]`` index into ``_FORMAT_NAMES``
+      (0 = not an image format ``tf.io.decode_image`` reads); uint8 ``[B, 8]`` first bytes
+      (zero-padded); int64 ``[B]`` height and width from PNG / GIF / BMP headers, -1 where the
+      header was not read.
+    """
+    padded = tf.strings.join([encoded, tf.fill(tf.shape(encoded), b"\x00" * _HEADER_BYTES)])
+    head = tf.io.decode_raw(tf.strings.substr(padded, 0, _HEADER_BYTES), tf.uint8)
+
+    def starts_with(magic, offset=0):
+        expected = tf.constant(list(magic), tf.uint8)
+        return tf.reduce_all(tf.equal(head[:, offset : offset + len(magic)], expected), axis=1)
+
+    is_format = [
+        starts_with(b"\xff\xd8\xff"),  # JPEG
+        starts_with(_PNG_MAGIC),
+        starts_with(_GIF_MAGIC),
+        starts_with(_BMP_MAGIC),
+        tf.logical_and(starts_with(_RIFF_MAGIC), starts_with(_WEBP_MAGIC, 8)),
+        tf.logical_or(starts_with(_JXL_CODESTREAM_MAGIC), starts_with(_JXL_CONTAINER_MAGIC)),
+    ]
+    fmt = tf.zeros(tf.shape(encoded), tf.int32)
+    for code in reversed(range(len(is_format))):
+        fmt = tf.where(is_format[code], code + 1, fmt)
+    unknown = tf.fill(tf.shape(encoded), tf.constant(-1, tf.int64))
+    # PNG: IHDR width, height (big-endian) at 16, 20. GIF: logical screen at 6, 8. BMP: the
+    # DIB header (size at 14) holds int32 width, height at 18, 22 (height < 0: top-down), or
+    # int16 in the old 12-byte BITMAPCOREHEADER.
+    core = tf.equal(_le(head, 14, 4), 12)
+    bmp_h = tf.abs(tf.where(core, _le(head, 20, 2), _le(head, 22, 4, signed=True)))
+    bmp_w = tf.abs(tf.where(core, _le(head, 18, 2), _le(head, 18, 4, signed=True)))
+    height = tf.where(is_format[1], _be(head, 20, 4), unknown)
+    width = tf.where(is_format[1], _be(head, 16, 4), unknown)
+    height = tf.where(is_format[2], _le(head, 8, 2), height)
+    width = tf.where(is_format[2], _le(head, 6, 2), width)
+    height = tf.where(is_format[3], bmp_h, height)
+    width = tf.where(is_format[3], bmp_w, width)
+    return fmt, head[:, :8], height, width
+
+
 def build_serving_functions(model):
-    """The three serving ``tf.function`` s of ``model`` (not yet traced).
+    """The three serving ``tf.function`` s of ``model`` (not yet traced), plus ``infer``.
 
     Trace them (``get_concrete_function()``) inside
     ``mnc_tf.ops.roi_warp_implementation(...)`` to choose the RoI warping implementation;
@@ -155,8 +249,10 @@ def build_serving_functions(model):
         ``short_side`` / ``max_side``; ``class_names`` / ``category_ids`` the labels.
 
     Returns:
-      dict signature name → ``tf.function`` with a fixed input signature (see the module
-      docstring for inputs and outputs).
+      dict name → ``tf.function`` with a fixed input signature: the three signatures (see
+      the module docstring for inputs and outputs) and ``"infer"``, the model itself on
+      already-resized images (``images`` float32 ``[B, H, W, 3]``, ``image_info`` float32
+      ``[B, 4, 2]`` → the CONTRACTS.md outputs; not a serving signature).
     """
     # Imported here: mnc_tf.data is only needed once a model is exported.
     from mnc_tf.data.preprocess import resize_image
@@ -165,89 +261,81 @@ def build_serving_functions(model):
     category_ids, _ = label_map(model)
     # Row = contiguous label (0 = background / padding) → dataset category id (0 on padding).
     label_to_category = tf.constant([0] + category_ids, tf.int32)
+    format_names = tf.constant(_FORMAT_NAMES)
 
     def resize(image):
         return resize_image(image, short_side, max_side)
 
-    def check_image_size(image, name, index):
-        shape = tf.shape(image)
+    def check_batch(values, name):
         return tf.debugging.Assert(
-            tf.logical_and(shape[0] > 0, shape[1] > 0),
-            [f"{name}: element", index, "is a zero-size image; got shape [h, w, c] =", shape],
-            summarize=3,
+            tf.shape(values)[0] > 0, [f"{name}: empty batch; expected at least one element"]
         )
 
-    def check_batch(images, name):
-        return tf.debugging.Assert(
-            tf.shape(images)[0] > 0, [f"{name}: empty batch; expected at least one image"]
-        )
+    def assert_each(bad, name, message, *details):
+        """Assert no element is ``bad``; the message names the first bad element's index."""
+        first = _first_true(bad)
+        at = tf.minimum(first, tf.shape(bad)[0] - 1)
+        data = [f"{name}: element", first, message]
+        for detail in details:
+            data.append(detail(at) if callable(detail) else detail)
+        return tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), data, summarize=8)
 
-    def decode_one(encoded, index, name):
-        """Encoded bytes → resized float32 [h, w, 3] (ragged) and image_info [4, 2]."""
-        # Padded: substr fails on positions past the end of a short string.
-        header = tf.strings.substr(tf.strings.join([encoded, b"\x00" * 12]), 0, 12)
-        starts_with = lambda magic: tf.equal(tf.strings.substr(header, 0, len(magic)), magic)
-        is_image = tf.reduce_any(
-            tf.stack(
-                [
-                    tf.io.is_jpeg(encoded),
-                    starts_with(_PNG_MAGIC),
-                    starts_with(_GIF_MAGIC),
-                    starts_with(_BMP_MAGIC),
-                    tf.logical_and(
-                        starts_with(_RIFF_MAGIC),
-                        tf.equal(tf.strings.substr(header, 8, 4), _WEBP_MAGIC),
-                    ),
-                    starts_with(_JXL_CODESTREAM_MAGIC),
-                    starts_with(_JXL_CONTAINER_MAGIC),
-                ]
-            )
-        )
+    def decode_batch(encoded, name):
+        """Encoded images [B] → resized float32 [B, h, w, 3] zero-padded, image_info [B, 4, 2]."""
+        with tf.control_dependencies([check_batch(encoded, name)]):
+            encoded = tf.identity(encoded)
+        fmt, head, height, width = _sniff(encoded)
         length = tf.strings.length(encoded)
         checks = [
-            tf.debugging.Assert(
-                length > 0,
-                [
-                    f"{name}: element",
-                    index,
-                    "is an empty string (or missing); expected image bytes",
-                ],
+            assert_each(
+                tf.equal(length, 0), name, "is an empty string (or missing); expected image bytes"
             ),
-            tf.debugging.Assert(
-                tf.logical_or(is_image, tf.equal(length, 0)),
-                [
-                    f"{name}: element",
-                    index,
-                    f"is not an encoded {_FORMATS} image; first bytes:",
-                    header,
-                ],
-                summarize=8,
+            assert_each(
+                tf.logical_and(tf.equal(fmt, 0), length > 0),
+                name,
+                f"is not an encoded {_FORMATS} image; its first bytes (decimal) are",
+                lambda i: head[i],
+            ),
+            assert_each(
+                tf.logical_or(tf.equal(height, 0), tf.equal(width, 0)),
+                name,
+                "is a zero-size",
+                lambda i: format_names[fmt[i]],
+                "image; expected a positive height and width, the header says (h, w) =",
+                lambda i: tf.stack([height[i], width[i]]),
             ),
         ]
         with tf.control_dependencies(checks):
-            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        with tf.control_dependencies([check_image_size(image, name, index)]):
-            image = tf.identity(image)
-        resized, info = resize(image)
-        return tf.RaggedTensor.from_tensor(resized), info
-
-    def decode_batch(encoded, name):
-        with tf.control_dependencies([check_batch(encoded, name)]):
             encoded = tf.identity(encoded)
-        index = tf.range(tf.shape(encoded)[0])
-        resized, info = tf.map_fn(
-            lambda args: decode_one(args[0], args[1], name),
-            (encoded, index),
-            fn_output_signature=(
-                tf.RaggedTensorSpec(shape=[None, None, 3], dtype=tf.float32, ragged_rank=1),
-                tf.TensorSpec([4, 2], tf.float32),
-            ),
-        )
-        # Ragged [B, (h), (w), 3] → zero-padded bottom/right to the batch's largest image.
-        return resized.to_tensor(), info
+
+        def decode(value):
+            image = tf.io.decode_image(value, channels=3, expand_animations=False)
+            shape = tf.shape(image)
+            with tf.control_dependencies(
+                [tf.debugging.Assert(tf.logical_and(shape[0] > 0, shape[1] > 0), [shape])]
+            ):
+                return resize(image)
+
+        fill = (tf.zeros([1, 1, 3], tf.float32), tf.zeros([4, 2], tf.float32))
+        ok, (images, info) = _run_each(encoded, decode, fill)
+        with tf.control_dependencies(
+            [
+                assert_each(
+                    tf.logical_not(ok),
+                    name,
+                    "could not be decoded as a",
+                    lambda i: format_names[fmt[i]],
+                    "image (truncated or corrupt data, or a zero-size image)",
+                )
+            ]
+        ):
+            return tf.identity(images), tf.identity(info)
 
     def infer(images, image_info):
-        outputs = model({"images": images, "image_info": image_info}, training=False)
+        return model({"images": images, "image_info": image_info}, training=False)
+
+    def postprocess(images, image_info):
+        outputs = infer(images, image_info)
         scale = image_info[:, 2, :]  # (sy, sx) = resized / original
         original = image_info[:, 0, :]  # (h, w) of the original image
         yxyx_scale = tf.tile(scale, [1, 2])[:, None, :]
@@ -267,21 +355,39 @@ def build_serving_functions(model):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_encoded(images):
-        return infer(*decode_batch(images, f"{SIGNATURE_ENCODED} input 'images'"))
+        return postprocess(*decode_batch(images, f"{SIGNATURE_ENCODED} input images"))
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    # Channels are not fixed in the signature: a server does not check a fed tensor's shape
+    # against it, and the graph must see the real channel count to reject 1 / 4 channels.
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name="images")])
     def serve_image_tensor(images):
-        name = f"{SIGNATURE_IMAGE_TENSOR} input 'images'"
+        name = f"{SIGNATURE_IMAGE_TENSOR} input images"
+        shape = tf.shape(images)
+        with tf.control_dependencies([check_batch(images, name)]):
+            shape = tf.identity(shape)
         checks = [
-            check_batch(images, name),
             tf.debugging.Assert(
-                tf.reduce_all(tf.shape(images)[1:3] > 0),
-                [f"{name}: zero-size images; got shape [B, H, W, 3] =", tf.shape(images)],
+                tf.equal(shape[3], 3),
+                [
+                    f"{name}: element 0 (like every element) has",
+                    shape[3],
+                    "channels; expected uint8 RGB images [B, H, W, 3], got shape",
+                    shape,
+                ],
+                summarize=4,
+            ),
+            tf.debugging.Assert(
+                tf.reduce_all(shape[1:3] > 0),
+                [
+                    f"{name}: element 0 (like every element) is a zero-size image; expected "
+                    "H, W > 0 in [B, H, W, 3], got shape",
+                    shape,
+                ],
                 summarize=4,
             ),
         ]
         with tf.control_dependencies(checks):
-            images = tf.identity(images)
+            images = tf.ensure_shape(images, [None, None, None, 3])
         # Every image has the same size, so every resized image does too: map_fn can stack.
         resized, info = tf.map_fn(
             resize,
@@ -291,23 +397,45 @@ def build_serving_functions(model):
                 tf.TensorSpec([4, 2], tf.float32),
             ),
         )
-        return infer(resized, info)
+        return postprocess(resized, info)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_tf_example(examples):
-        name = f"{SIGNATURE_TF_EXAMPLE} input 'examples'"
+        name = f"{SIGNATURE_TF_EXAMPLE} input examples"
         with tf.control_dependencies([check_batch(examples, name)]):
             examples = tf.identity(examples)
         # A missing feature parses as "" and is reported by decode_batch's empty-string check.
         features = {TF_EXAMPLE_IMAGE_KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
-        parsed = tf.io.parse_example(examples, features)
-        encoded = parsed[TF_EXAMPLE_IMAGE_KEY]
-        return infer(*decode_batch(encoded, f"{name} feature '{TF_EXAMPLE_IMAGE_KEY}'"))
+
+        def parse(serialized):
+            return tf.io.parse_single_example(serialized, features)[TF_EXAMPLE_IMAGE_KEY]
+
+        ok, encoded = _run_each(examples, parse, tf.constant(""))
+        not_parsed = assert_each(
+            tf.logical_not(ok),
+            name,
+            "is not a serialized tf.train.Example (the bytes do not parse as one)",
+        )
+        with tf.control_dependencies([not_parsed]):
+            encoded = tf.identity(encoded)
+        return postprocess(*decode_batch(encoded, f"{name}, feature {TF_EXAMPLE_IMAGE_KEY}"))
+
+    @tf.function(
+        input_signature=[
+            {
+                "images": tf.TensorSpec([None, None, None, 3], tf.float32, name="images"),
+                "image_info": tf.TensorSpec([None, 4, 2], tf.float32, name="image_info"),
+            }
+        ]
+    )
+    def infer_resized(features):
+        return infer(features["images"], features["image_info"])
 
     return {
         SIGNATURE_ENCODED: serve_encoded,
         SIGNATURE_IMAGE_TENSOR: serve_image_tensor,
         SIGNATURE_TF_EXAMPLE: serve_tf_example,
+        INFER_FUNCTION: infer_resized,
     }
 
 
@@ -378,15 +506,21 @@ def export_serving(model, export_dir, version=1, *, overwrite=False, roi_warp="r
                 f,
                 indent=2,
             )
-        module = tf.Module()
-        # Track the variables only (as keras.export.ExportArchive does), not the Keras
-        # objects: the SavedModel then holds nothing but the serving graph and its weights.
-        module.model_variables = list(model.variables)
-        module.labels_asset = tf.saved_model.Asset(labels_path)
-        module.info_asset = tf.saved_model.Asset(info_path)
         saved = os.path.join(staging, "model")
         with roi_warp_implementation(roi_warp):
-            signatures = {name: fn.get_concrete_function() for name, fn in functions.items()}
+            traced = {name: fn.get_concrete_function() for name, fn in functions.items()}
+        module = tf.Module()
+        # The tf.Variables the traced graphs read, not the Keras variables wrapping them:
+        # tracking Keras 3 variables (or the Keras model) writes a SavedModel that Python's
+        # tf.saved_model.load restores but TF Serving's Session loader does not ("Could not
+        # find variable ..."; keras-team/keras#20095). keras.export.ExportArchive does the
+        # same; tests/export/test_session_loader.py checks it with the C API loader.
+        module.captured_variables = _captured_variables(traced.values())
+        module.labels_asset = tf.saved_model.Asset(labels_path)
+        module.info_asset = tf.saved_model.Asset(info_path)
+        setattr(module, INFER_FUNCTION, functions[INFER_FUNCTION])
+        signatures = {name: traced[name] for name in SIGNATURES}
+        with roi_warp_implementation(roi_warp):  # saving may trace `infer` once more
             tf.saved_model.save(module, saved, signatures=signatures)
         if roi_warp == "reference":
             custom = custom_ops_in_saved_model(saved)
@@ -401,6 +535,17 @@ def export_serving(model, export_dir, version=1, *, overwrite=False, roi_warp="r
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _captured_variables(concrete_functions):
+    """The ``tf.Variable`` s the traced functions read, each once, in first-use order."""
+    seen, variables = set(), []
+    for function in concrete_functions:
+        for variable in function.variables:
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                variables.append(variable)
+    return variables
 
 
 def custom_ops_in_saved_model(saved_model_dir, prefix="Mnc"):

@@ -1,0 +1,130 @@
+"""Build and drive ``tools/saved_model_loader_check.c``: TF Serving's loader, without Python.
+
+The C program calls ``TF_LoadSessionFromSavedModel`` (tag ``serve``), reads the signature
+defs from the MetaGraphDef itself and runs request files in one session. It is compiled here
+with the machine's C compiler against the headers and shared libraries inside the installed
+TensorFlow wheel (``tensorflow/include``, ``libtensorflow_cc.so.2``,
+``libtensorflow_framework.so.2``); nothing else is needed.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SOURCE = os.path.join(REPO, "tools", "saved_model_loader_check.c")
+_DTYPES = {"float32": np.float32, "int32": np.int32, "int64": np.int64, "uint8": np.uint8}
+
+
+def tensorflow_dir():
+    """The installed TensorFlow package directory (it holds the C API headers and libs)."""
+    import tensorflow as tf
+
+    return os.path.dirname(os.path.abspath(tf.__file__))
+
+
+def build(out_dir):
+    """Compile the checker into ``out_dir``; returns the executable's path.
+
+    Raises ``RuntimeError`` with the compiler's output when it does not build.
+    """
+    tf_dir = tensorflow_dir()
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        raise RuntimeError("no C compiler (gcc / cc) on PATH")
+    libs = [os.path.join(tf_dir, name) for name in _LIBS]
+    missing = [p for p in libs + [os.path.join(tf_dir, "include", "tensorflow", "c", "c_api.h")]
+               if not os.path.isfile(p)]  # fmt: skip
+    if missing:
+        raise RuntimeError(f"the TensorFlow wheel lacks {missing}")
+    binary = os.path.join(out_dir, "saved_model_loader_check")
+    command = [compiler, "-std=c11", "-O1", "-Wall", "-Wextra", "-Werror",
+               "-I", os.path.join(tf_dir, "include"), SOURCE, *libs,
+               f"-Wl,-rpath,{tf_dir}", "-o", binary]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stdout}{proc.stderr}")
+    return binary
+
+
+_LIBS = ("libtensorflow_cc.so.2", "libtensorflow_framework.so.2")
+
+
+def write_request(path, signature, input_key, value):
+    """One request file: ``value`` is a list of bytes (string input) or a NumPy array."""
+    with open(path, "wb") as f:
+        if isinstance(value, (list, tuple)):
+            f.write(f"{signature} {input_key} string 1 {len(value)}\n".encode())
+            for element in value:
+                f.write(f"{len(element)}\n".encode())
+                f.write(element)
+        else:
+            value = np.ascontiguousarray(value)
+            dtype = {np.dtype(v): k for k, v in _DTYPES.items()}[value.dtype]
+            dims = " ".join(str(d) for d in value.shape)
+            f.write(f"{signature} {input_key} {dtype} {value.ndim} {dims}\n".encode())
+            f.write(value.tobytes())
+
+
+def run(binary, saved_model_dir, requests, work_dir, timeout=600):
+    """Run ``requests`` (a list of ``(signature, input_key, value)``) in one C process.
+
+    Returns:
+      ``(report, proc)``: ``report = {"loaded": bool, "load_error": str | None,
+      "signatures": {key: {"inputs": {k: (tensor, dtype)}, "outputs": {...}}},
+      "requests": [{"signature", "ok", "code", "message", "outputs": {key: ndarray}}]}``.
+    """
+    out_dir = os.path.join(work_dir, "outputs")
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for i, (signature, input_key, value) in enumerate(requests):
+        paths.append(os.path.join(work_dir, f"request_{i}"))
+        write_request(paths[-1], signature, input_key, value)
+    # The C process gets no Python-related environment at all.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(
+        [binary, str(saved_model_dir), out_dir, *paths],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        env=env,
+        timeout=timeout,
+    )
+    return parse(proc.stdout), proc
+
+
+def parse(stdout):
+    """The checker's stdout → the report described in :func:`run`."""
+    report = {"loaded": False, "load_error": None, "signatures": {}, "requests": []}
+    for line in stdout.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "loaded":
+            report["loaded"] = True
+        elif kind == "load":
+            report["load_error"] = rest
+        elif kind == "signature":
+            key, rest = rest.split(" ", 1)
+            inputs, _, outputs = rest.partition(" outputs:")
+            entries = lambda text: {  # noqa: E731
+                k: (t, d) for k, t, d in re.findall(r"(\S+)=(\S+) (\S+)", text)
+            }
+            report["signatures"][key] = {
+                "inputs": entries(inputs.partition("inputs:")[2]),
+                "outputs": entries(outputs),
+            }
+        elif kind == "request":
+            index, signature, status, *message = rest.split(" ", 4)
+            assert int(index) == len(report["requests"]), line
+            entry = {"signature": signature, "ok": status == "OK", "outputs": {}}
+            if status == "ERROR":
+                entry["code"], entry["message"] = message[0], message[1] if len(message) > 1 else ""
+            report["requests"].append(entry)
+        elif kind == "output":
+            index, key, dtype, dims, path = rest.split(" ")[:5]
+            shape = [int(d) for d in dims.strip("[]").split(",") if d]
+            array = np.fromfile(path, _DTYPES[dtype]).reshape(shape)
+            report["requests"][int(index)]["outputs"][key] = array
+    return report
