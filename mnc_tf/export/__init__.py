@@ -6,7 +6,13 @@ signatures ``serving_default`` (encoded images), ``serving_image_tensor`` (uint8
 """
 
 from mnc_tf.export.coco import coco_results, encode_rle
-from mnc_tf.export.predictor import Predictor, load_keras_model, read_labels
+from mnc_tf.export.predictor import (
+    ExportedModel,
+    Predictor,
+    load_exported_model,
+    load_keras_model,
+    read_labels,
+)
 from mnc_tf.export.serving import (
     OUTPUT_KEYS,
     SIGNATURES,
@@ -16,7 +22,9 @@ from mnc_tf.export.serving import (
 )
 
 __all__ = [
+    "ExportedModel",
     "Predictor",
+    "load_exported_model",
     "coco_results",
     "encode_rle",
     "load_keras_model",

@@ -12,10 +12,12 @@ implementation available. Used by ``mnc-predict``; handy in notebooks::
 
 import json
 import os
+import types
 
 import tensorflow as tf
 
 from mnc_tf.export.serving import (
+    INFER_FUNCTION,
     INFO_FILENAME,
     LABELS_FILENAME,
     SIGNATURE_ENCODED,
@@ -67,6 +69,96 @@ def load_keras_model(path):
         return keras.saving.load_model(path, compile=False)
     except Exception as e:  # noqa: BLE001  (any failure means: not a usable model file)
         raise ValueError(f"model: could not load {path} as a Keras model: {_first_line(e)}") from e
+
+
+def load_exported_model(path):
+    """An export written by :func:`mnc_tf.export.export_serving`, as a callable MNC model.
+
+    Args:
+      path: a SavedModel version directory or a TF Serving base directory (its highest
+        integer version is used).
+
+    Returns:
+      An :class:`ExportedModel`.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: ``path`` holds no SavedModel, or one without the ``infer`` function (not
+        written by this version of ``mnc-export``); the message names ``path``.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model: no such file or directory: {path}")
+    try:
+        version_dir = latest_version_dir(path)
+    except FileNotFoundError as e:
+        raise ValueError(f"model: {e}") from None
+    try:
+        loaded = tf.saved_model.load(version_dir)
+    except Exception as e:  # noqa: BLE001  (corrupt / foreign files: report, don't crash)
+        raise ValueError(
+            f"model: could not load the SavedModel in {version_dir}: {_first_line(e)}"
+        ) from e
+    if not hasattr(loaded, INFER_FUNCTION):
+        raise ValueError(
+            f"model: the SavedModel in {version_dir} has no {INFER_FUNCTION!r} function; "
+            "re-export it with this version's mnc-export (or pass the .keras file)"
+        )
+    info = _read_info(version_dir)
+    return ExportedModel(loaded, version_dir, info)
+
+
+def _read_info(version_dir):
+    info_path = os.path.join(version_dir, "assets", INFO_FILENAME)
+    if not os.path.isfile(info_path):
+        return {}
+    with open(info_path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class ExportedModel:
+    """The model inside an export, called like the Keras MNC (``mnc-eval --model export/``).
+
+    ``model(features, training=False)`` takes ``features["images"]`` ``[B, H, W, 3]`` (uint8
+    or float, 0..255, already resized and padded as by :func:`mnc_tf.data.coco_dataset`) and
+    ``features["image_info"]`` float32 ``[B, 4, 2]``, and returns the CONTRACTS.md outputs
+    (``boxes`` in resized-image pixels, contiguous ``classes``, ``scores``, ``masks``,
+    ``num_detections``), computed by the export's ``infer`` function (the same weights and
+    stock-op graph the serving signatures use).
+
+    Attributes:
+      config: ``short_side``, ``max_side``, ``mask_size``, ``mask_binarize_threshold``,
+        ``predict_score_threshold`` and ``num_classes`` as recorded in
+        ``assets/export_info.json`` (``None`` where an export does not record one).
+      class_names, category_ids, num_classes: the label map (``[label - 1]``).
+      source: the version directory.
+    """
+
+    def __init__(self, loaded, version_dir, info):
+        self._loaded = loaded  # keeps the restored variables alive
+        self._infer = getattr(loaded, INFER_FUNCTION)
+        self.source = version_dir
+        self.class_names = list(info.get("class_names") or [])
+        self.category_ids = list(info.get("category_ids") or [])
+        self.num_classes = len(self.class_names) or len(self.category_ids) or None
+        self.config = types.SimpleNamespace(
+            short_side=info.get("short_side"),
+            max_side=info.get("max_side"),
+            mask_size=info.get("mask_size"),
+            mask_binarize_threshold=info.get("mask_threshold"),
+            predict_score_threshold=info.get("score_threshold"),
+            num_classes=self.num_classes,
+        )
+
+    def __call__(self, features, training=False):
+        if training:
+            raise ValueError("training: an exported model only runs inference (training=False)")
+        return self._infer(
+            {
+                "images": tf.cast(features["images"], tf.float32),
+                "image_info": tf.cast(features["image_info"], tf.float32),
+            }
+        )
 
 
 def _first_line(error):

@@ -498,6 +498,8 @@ def export_serving(model, export_dir, version=1, *, overwrite=False, roi_warp="r
                     "mask_size": getattr(model.config, "mask_size", None),
                     # Binarisation threshold of the pasted soft masks (released MNC code: 0.4).
                     "mask_threshold": getattr(model.config, "mask_binarize_threshold", 0.4),
+                    # Detections to draw / write by default (MNCConfig.predict_score_threshold).
+                    "score_threshold": getattr(model.config, "predict_score_threshold", 0.5),
                     "category_ids": category_ids,
                     "class_names": class_names,
                     "signatures": list(SIGNATURES),
