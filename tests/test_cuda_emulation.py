@@ -70,7 +70,32 @@ def driver(tmp_path_factory):
     cmd += [os.path.join(EMU, "roi_warp_emu_driver.cc"), "-o", str(exe)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
+    check_shared_memory_is_poisoned(str(exe), "mnc_roi_warp::")
     return str(exe)
+
+
+def check_shared_memory_is_poisoned(exe, namespace):
+    """Every function-local static of ``namespace`` (its __shared__ arrays) lies in the
+    section cuda_emu.h poisons per block; GCC puts those of function templates elsewhere."""
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm (binutils) not found")
+    listing = subprocess.run([nm, "-C", exe], capture_output=True, text=True, check=True).stdout
+    symbols = {}
+    for line in listing.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[0] and parts[1] in "bBdDuV":  # data symbols
+            symbols[parts[2]] = int(parts[0], 16)
+    begin, end = symbols["__start_cuda_emu_shared"], symbols["__stop_cuda_emu_shared"]
+    local_static = re.compile(r"\)::[A-Za-z_]\w*$")  # function(args)::variable
+    statics = {
+        name: address
+        for name, address in symbols.items()
+        if name.startswith(namespace) and local_static.search(name)
+    }
+    assert statics, f"no __shared__ variable of {namespace} found in {exe}"
+    outside = [name for name, address in statics.items() if not begin <= address < end]
+    assert not outside, f"shared memory cuda_emu cannot poison (template kernel?): {outside}"
 
 
 def run_emulated(driver, tmp_path, features, boxes, box_indices, grads, crop, pooled, scale, cap):
@@ -244,3 +269,74 @@ def test_cases_wrap_the_grid_and_the_backward_chunks():
         )
     assert max(total for total, _ in sizes) > 100 * WRAP_GRID_CAP * 256
     assert max(per_box for _, per_box in sizes) > 3 * 256 * 16
+
+
+# The emulator itself: it must expose the bugs the comparison above relies on it to expose.
+
+
+@pytest.fixture(scope="module")
+def selftest(tmp_path_factory):
+    build = tmp_path_factory.mktemp("cuda_emu_selftest")
+    source = build / "emu_selftest.cc"
+    source.write_text(emulated_source(os.path.join(EMU, "emu_selftest.cu")))
+    exe = build / "emu_selftest"
+    cmd = [CXX, "-std=c++17", "-O2", "-Wall", "-Wno-sign-compare", "-I", EMU, str(source)]
+    result = subprocess.run([*cmd, "-o", str(exe)], capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
+    check_shared_memory_is_poisoned(str(exe), "BlockSum(")
+
+    def run(mode, order="ascending"):
+        return subprocess.run([str(exe), mode, order], capture_output=True, text=True)
+
+    return run
+
+
+def block_sums():
+    values = np.arange(3 * 256) % 97
+    return values.reshape(3, 256).sum(axis=1).astype(np.float32)
+
+
+def parse(result):
+    assert result.returncode == 0, result.stderr
+    return np.array(result.stdout.split(), np.float32)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_emulator_runs_a_correct_reduction_in_every_order(selftest, order):
+    np.testing.assert_array_equal(parse(selftest("sum", order)), block_sums())
+    np.testing.assert_array_equal(parse(selftest("neighbour", order)), (np.arange(256) + 1) % 256)
+    assert parse(selftest("atomic", order)).tolist() == [3 * 256]
+
+
+def test_emulator_exposes_missing_barriers(selftest):
+    expected = block_sums()
+    # No barrier at all: thread 0 reads partial sums nobody has written yet (poisoned: NaN).
+    assert np.isnan(parse(selftest("sum_no_barriers", "ascending"))).all()
+    # No barrier inside the loop: ascending and random orders read stale partial sums.
+    # (Descending happens to run this tree reduction in a valid order: one reason the
+    # comparison runs all three orders.)
+    for order in ("ascending", "random:7"):
+        assert not np.array_equal(parse(selftest("sum_no_loop_barrier", order)), expected)
+    # Reading a neighbour's shared slot without a barrier: unwritten (NaN) in some order.
+    for order in ORDERS:
+        assert np.isnan(parse(selftest("neighbour_no_barrier", order))).any()
+
+
+@pytest.mark.parametrize(
+    "mode,message",
+    [
+        ("divergent", r"wait at different __syncthreads\(\) \(lines \d+ and \d+\)"),
+        ("early_exit", r"255 of 256 threads wait at __syncthreads\(\).*the others returned"),
+        ("store_past_end", r"past the end of a 400-byte (device )?allocation"),
+    ],
+)
+def test_emulator_reports_invalid_kernels(selftest, mode, message):
+    result = selftest(mode)
+    assert result.returncode == 3, result
+    assert re.search(message, result.stderr), result.stderr
+
+
+def test_emulator_runtime_errors(selftest):
+    result = selftest("zero_grid")
+    assert result.stdout.split("\n")[:2] == ["invalid configuration argument", "no error"]
+    assert selftest("memset_past_end").stdout.strip() == "invalid argument"

@@ -26,7 +26,10 @@
 // - __shared__ variables are static storage in one linker section
 //   (cuda_emu_shared) that is filled with 0xFF bytes (float NaN, int -1)
 //   before every block, so reading shared memory nobody wrote in this
-//   block gives NaN instead of the previous block's leftovers.
+//   block gives NaN instead of the previous block's leftovers. GCC ignores
+//   the section of a static in a function template: such shared memory is
+//   not poisoned, so tests/test_cuda_emulation.py checks (nm) that every
+//   function-local static of the kernel source lies in the section.
 // - __syncthreads() checks that every thread of the block that has not
 //   returned waits at the same __syncthreads() (same source line), and that
 //   no thread returned while others wait (CUDA allows a barrier in
@@ -36,15 +39,17 @@
 // - Memory from cudaMalloc lies just below a PROT_NONE page: a kernel
 //   reading or writing past the end of an allocation faults (SIGSEGV,
 //   reported with the allocation), and the bytes before the allocation in
-//   its first page are a canary checked by cudaFree / CheckAllocations().
+//   its first page, and the up to 15 bytes between its end and the guard page
+//   (allocations start 16-byte aligned), are canaries checked by cudaFree /
+//   CheckAllocations().
 //   cudaMemset / cudaMemcpy check that the range lies in one allocation.
 // - Streams exist only as handles: everything runs synchronously, in issue
 //   order, which is what one stream guarantees.
 //
 // Not emulated (compile errors or runtime errors, never silent): warp
 // intrinsics (__shfl_*_sync, __ballot_sync, ...: they need threads in lock
-// step), dynamic shared memory (extern __shared__), __shared__ in templates
-// (section type conflicts), cooperative groups, textures, more than one
+// step), dynamic shared memory (extern __shared__), poisoned __shared__ in
+// template kernels (see above), cooperative groups, textures, more than one
 // OS thread. Kernels are launched with ::cuda_emu::Launch(kernel, grid,
 // block, shmem, stream)(args...); tests/test_cuda_emulation.py rewrites every
 // kernel<<<grid, block, shmem, stream>>>(args) of the source into that.
@@ -316,7 +321,7 @@ struct Allocation {
   char* base;         // mmap'ed: [base, base + span) readable, then one PROT_NONE page
   size_t span;        // multiple of kPage
   size_t size;        // bytes asked for; the allocation ends at base + span
-  const char* begin;  // base + span - size, rounded down to 16 bytes
+  const char* begin;  // base + span - size, rounded down to 16 bytes; canaries around
 };
 
 inline std::map<const char*, Allocation>& Allocations() {
@@ -343,6 +348,14 @@ inline void CheckCanary(const Allocation& a) {
       char msg[160];
       snprintf(msg, sizeof(msg), "write before the start of a %zu-byte allocation (%td bytes before)",
                a.size, a.begin - c);
+      Fail(msg);
+    }
+  }
+  for (const char* c = a.begin + a.size; c < a.base + a.span; ++c) {
+    if (static_cast<unsigned char>(*c) != kCanary) {
+      char msg[160];
+      snprintf(msg, sizeof(msg), "write past the end of a %zu-byte allocation (%td bytes past)",
+               a.size, c - (a.begin + a.size));
       Fail(msg);
     }
   }
@@ -466,7 +479,7 @@ inline cudaError_t cudaMalloc(void** ptr, size_t size) {
   mprotect(base + span, kPage, PROT_NONE);
   const uintptr_t end = reinterpret_cast<uintptr_t>(base + span);
   char* begin = reinterpret_cast<char*>((end - size) & ~uintptr_t{15});
-  memset(base, ::cuda_emu::kCanary, begin - base);
+  memset(base, ::cuda_emu::kCanary, span);  // canaries around [begin, begin + size)
   ::cuda_emu::Allocations()[begin] = ::cuda_emu::Allocation{base, span, size, begin};
   *ptr = begin;
   return cudaSuccess;
