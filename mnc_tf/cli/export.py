@@ -15,6 +15,14 @@ import os
 import sys
 import time
 
+from mnc_tf.cli._common import (
+    UsageError,
+    check_keras_file,
+    check_output_dir,
+    error,
+    load_mnc_model,
+)
+
 PROG = "mnc-export"
 
 
@@ -28,11 +36,16 @@ def _parser():
     )
     parser.add_argument("--version", type=int, default=1, help="version number (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/VERSION")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's C++ log lines and DEBUG log records",
+    )
     return parser
 
 
 def _error(message):
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    error(PROG, message)
 
 
 def main(argv=None):
@@ -45,28 +58,38 @@ def main(argv=None):
     if args.version < 1:
         _error(f"--version: expected a positive integer, got {args.version}")
         return 2
-    if not os.path.exists(args.model):
-        _error(f"--model: no such file: {args.model}")
-        return 2
     target = os.path.join(args.out, str(args.version))
-    if os.path.exists(target) and not args.overwrite:
-        _error(f"--out: {target} already exists; pass --overwrite or another --version")
+    try:
+        check_keras_file(args.model, "--model")
+        check_output_dir(args.out, "--out")
+        if os.path.exists(target) and not args.overwrite:
+            raise UsageError(
+                f"--out: {target} already exists; pass --overwrite or another --version"
+            )
+    except UsageError as e:
+        _error(str(e))
         return 2
 
-    from mnc_tf.export.predictor import load_keras_model
+    from mnc_tf import console
+
+    console.quiet_tensorflow(args.verbose)
+    console.setup_logging(args.verbose)
+
     from mnc_tf.export.serving import SIGNATURES, export_serving
 
     try:
-        model = load_keras_model(args.model)
-    except (FileNotFoundError, ValueError) as e:
-        message = str(e)
-        _error(message.replace("model:", "--model:", 1))
+        model = load_mnc_model(args.model, "--model")
+    except UsageError as e:
+        _error(str(e))
         return 2
     start = time.perf_counter()
     try:
         path = export_serving(model, args.out, version=args.version, overwrite=args.overwrite)
     except (FileExistsError, ValueError) as e:
         _error(str(e))
+        return 2
+    except OSError as e:
+        _error(f"--out: cannot write {e.filename or args.out}: {e.strerror}")
         return 2
     print(
         f"SavedModel written to {path} in {time.perf_counter() - start:.1f} s; "

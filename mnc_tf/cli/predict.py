@@ -1,6 +1,6 @@
 """``mnc-predict``: instance segmentation of image files with a trained or exported model.
 
-    mnc-predict cat.jpg street.png --model export/ --out predictions/ [--threshold 0.5]
+    mnc-predict cat.jpg street.png --model export/ --out predictions/ [--threshold 0.3]
 
 ``--model`` is a ``.keras`` file, a SavedModel version directory or a TF Serving base
 directory (its highest version is used). For every image ``DIR/<stem>.png`` shows the
@@ -10,12 +10,29 @@ original-image pixels, ``category_id`` = dataset category id) and ``DIR/images.j
 COCO ``images`` entries (``id``, ``file_name``, ``height``, ``width``) they refer to. An image
 file named by a number (COCO's ``000000397133.jpg``) gets that number as ``image_id``; other
 images are numbered by their position on the command line (1, 2, ...).
+
+Only detections scoring at least the model's ``predict_score_threshold`` (0.5 unless the
+model says otherwise) are drawn and written; ``--threshold`` overrides it. Exit status: 0 ok;
+2 bad arguments (a missing or non-image IMAGE, an unloadable model, a threshold outside
+[0, 1], an ``--out`` that is a file or cannot be created), with one line naming the
+argument, before anything is written; 1 when an image whose header looked fine could not be
+decoded (it is skipped, the others are written).
 """
 
 import argparse
 import json
 import os
 import sys
+
+from mnc_tf.cli._common import (
+    UsageError,
+    check_image_file,
+    check_keras_file,
+    check_output_dir,
+    check_probability,
+    error,
+    load_mnc_model,
+)
 
 PROG = "mnc-predict"
 
@@ -36,14 +53,19 @@ def _parser():
     parser.add_argument(
         "--threshold",
         type=float,
-        default=0.5,
-        help="score threshold for drawing and results (default 0.5)",
+        default=None,
+        help="score threshold for drawing and results, in [0, 1] (default: the model's, 0.5)",
     )
     parser.add_argument(
         "--mask-threshold",
         type=float,
         default=None,
-        help="mask binarisation threshold (default: the model's, 0.4)",
+        help="mask binarisation threshold, in (0, 1) (default: the model's, 0.4)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's C++ log lines and DEBUG log records",
     )
     return parser
 
@@ -73,7 +95,7 @@ def _picture_names(paths):
 
 
 def _error(message):
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    error(PROG, message)
 
 
 def main(argv=None):
@@ -83,12 +105,21 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse already printed usage + message
         return int(e.code or 0)
-    if not 0.0 <= args.threshold <= 1.0:
-        _error(f"--threshold: expected a value in [0, 1], got {args.threshold}")
-        return 2
-    missing = [p for p in args.images if not os.path.isfile(p)]
-    if missing:
-        _error(f"IMAGE: no such file: {', '.join(missing)}")
+    try:
+        if args.threshold is not None:
+            check_probability(args.threshold, "--threshold", low_open=False, high_open=False)
+        if args.mask_threshold is not None:
+            check_probability(args.mask_threshold, "--mask-threshold")
+        missing = [p for p in args.images if not os.path.exists(p)]
+        if missing:
+            raise UsageError(f"IMAGE: no such file: {', '.join(missing)}")
+        for path in args.images:
+            check_image_file(path, "IMAGE")
+        if os.path.isfile(args.model):
+            check_keras_file(args.model, "--model")
+        check_output_dir(args.out, "--out")
+    except UsageError as e:
+        _error(str(e))
         return 2
     try:
         image_ids = _image_ids(args.images)
@@ -97,6 +128,11 @@ def main(argv=None):
         return 2
 
     # Heavy imports after argument checks, so usage errors are instant.
+    from mnc_tf import console
+
+    console.quiet_tensorflow(args.verbose)
+    console.setup_logging(args.verbose)
+
     import numpy as np
     import tensorflow as tf
 
@@ -105,7 +141,13 @@ def main(argv=None):
     from mnc_tf.export.predictor import Predictor
 
     try:
-        predictor = Predictor.from_path(args.model)
+        if os.path.isfile(args.model):  # a .keras file: an MNC model, or a one-line error
+            predictor = Predictor.from_keras_model(load_mnc_model(args.model), source=args.model)
+        else:
+            predictor = Predictor.from_path(args.model)
+    except UsageError as e:
+        _error(str(e))
+        return 2
     except (FileNotFoundError, ValueError) as e:
         message = str(e)
         if message.startswith("model:"):
@@ -115,7 +157,12 @@ def main(argv=None):
     mask_threshold = (
         predictor.mask_threshold if args.mask_threshold is None else args.mask_threshold
     )
-    os.makedirs(args.out, exist_ok=True)
+    threshold = predictor.score_threshold if args.threshold is None else args.threshold
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        _error(f"--out: cannot create {args.out}: {e.strerror}")
+        return 2
     results, images, failed = [], [], 0
     for path, image_id, picture_name in zip(
         args.images, image_ids, _picture_names(args.images), strict=True
@@ -123,14 +170,16 @@ def main(argv=None):
         with open(path, "rb") as f:
             encoded = f.read()
         try:
-            det = predictor.predict(encoded)
+            # Decoded eagerly first: its error names the problem ("Invalid JPEG data or
+            # size"), where the model's graph would say "Graph execution error".
             image = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+            det = predictor.predict(encoded)
         except tf.errors.InvalidArgumentError as e:
-            _error(f"{path}: not a readable image: {e.message.strip().splitlines()[0]}")
+            _error(f"IMAGE: {path} is not a readable image ({_reason(e)}); skipped")
             failed += 1
             continue
         height, width = image.shape[:2]
-        keep = det["detection_scores"] >= args.threshold
+        keep = det["detection_scores"] >= threshold
         boxes = det["detection_boxes"][keep]
         masks = visualize.full_image_masks(
             det["detection_masks"][keep], boxes, (height, width), threshold=mask_threshold
@@ -155,8 +204,20 @@ def main(argv=None):
         json.dump(results, f)
     with open(os.path.join(args.out, "images.json"), "w", encoding="utf-8") as f:
         json.dump(images, f, indent=1)
-    print(f"{len(results)} detections -> {os.path.join(args.out, 'results.json')}")
+    print(
+        f"{len(results)} detections with score >= {threshold:g} -> "
+        f"{os.path.join(args.out, 'results.json')}"
+    )
     return 1 if failed else 0
+
+
+def _reason(error):
+    """The informative line of a TensorFlow error message (not "Graph execution error")."""
+    lines = [line.strip() for line in (error.message or "").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if not line.startswith(("[[", "Detected at node", "File ", "Graph execution error")):
+            return line.split(" [[")[0].split(" [Op:")[0]
+    return type(error).__name__
 
 
 if __name__ == "__main__":

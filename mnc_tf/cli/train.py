@@ -66,6 +66,11 @@ def _parser():
         action="store_true",
         help="print the resolved config as YAML and exit",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's C++ log lines, DEBUG log records and pycocotools' full tables",
+    )
     return parser
 
 
@@ -97,7 +102,9 @@ def main(argv=None):
     try:
         config = load_config(args.config, overrides)
     except ValueError as e:
-        _error(str(e))
+        message = str(e)
+        # Errors in the file name the file; --set errors say "--set" themselves.
+        _error(message if message.startswith("--set") else f"{args.config}: {message}")
         return 2
     if args.print_config:
         print(config.to_yaml(), end="")
@@ -105,8 +112,21 @@ def main(argv=None):
     model_dir = args.model_dir or os.path.join(
         "runs", os.path.splitext(os.path.basename(args.config))[0]
     )
-    os.makedirs(model_dir, exist_ok=True)
-    _setup_logging(model_dir)
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        _error(f"--model-dir: expected a directory, got the file {model_dir}")
+        return 2
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+    except OSError as e:
+        _error(f"--model-dir: cannot create {model_dir}: {e.strerror}")
+        return 2
+    if not os.access(model_dir, os.W_OK):
+        _error(f"--model-dir: {model_dir} is not writable")
+        return 2
+    _setup_logging(model_dir, args.verbose)
+    from mnc_tf import console
+
+    console.quiet_tensorflow(args.verbose)  # its hidden start-up lines go to train.log
 
     if args.cpu_devices:
         from mnc_tf.training.strategy import split_cpu
@@ -126,8 +146,9 @@ def main(argv=None):
     return 0
 
 
-def _setup_logging(model_dir):
-    """mnc_tf's INFO lines on stderr, DEBUG and up in ``model_dir/train.log``."""
+def _setup_logging(model_dir, verbose=False):
+    """mnc_tf's INFO lines on stderr (DEBUG with ``verbose``), DEBUG and up in
+    ``model_dir/train.log``."""
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s")
     root = logging.getLogger("mnc_tf")
     root.setLevel(logging.DEBUG)
@@ -136,7 +157,7 @@ def _setup_logging(model_dir):
         root.removeHandler(h)  # main() called twice in one process (tests): no duplicates
         h.close()
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.INFO)
+    console.setLevel(logging.DEBUG if verbose else logging.INFO)
     logfile = logging.FileHandler(os.path.join(model_dir, "train.log"))
     logfile.setLevel(logging.DEBUG)
     for handler in (console, logfile):

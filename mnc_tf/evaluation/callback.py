@@ -44,7 +44,8 @@ class EvaluationCallback(keras.callbacks.Callback):
       log_dir: if given, TensorBoard scalars are written there (or pass ``writer``).
       writer: a ``tf.summary`` writer to use instead of ``log_dir``.
       prefix: prepended to every metric name.
-      info, mask_threshold, max_batches: passed to ``evaluate_model``.
+      info, mask_threshold, max_batches: passed to ``evaluate_model`` (``mask_threshold``
+        None: the model's ``config.mask_binarize_threshold``).
     """
 
     def __init__(
@@ -56,7 +57,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         writer=None,
         prefix="",
         info=None,
-        mask_threshold=0.4,
+        mask_threshold=None,
         max_batches=None,
     ):
         super().__init__()

@@ -151,7 +151,9 @@ class COCOEvaluator:
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()
-        logger.info("COCOeval %s:\n%s", iou_type, out.getvalue())
+        # pycocotools' progress prints and 12-line table: kept for --verbose / train.log;
+        # evaluate_model logs one summary table per evaluation.
+        logger.debug("COCOeval %s:\n%s", iou_type, out.getvalue().rstrip())
         metrics = {n: _nan_if_missing(v) for n, v in zip(names, coco_eval.stats, strict=True)}
         if self.per_class:
             precision = coco_eval.eval["precision"]  # [T, R, K, A, M]

@@ -498,9 +498,14 @@ def train(
             )
         )
         callbacks.append(keras.callbacks.TerminateOnNaN())
-        verbose = tcfg.verbose if tcfg.verbose == "auto" else int(tcfg.verbose)
+        # Keras' progress bar on a terminal; in a log, one line per train.log_every steps.
+        from mnc_tf.training.progress import StepLogger, keras_verbosity
+
+        verbose = keras_verbosity(tcfg.verbose)
         if not chief:
             verbose = 0
+        elif verbose != 1 and tcfg.log_every:
+            callbacks.append(StepLogger(tcfg.log_every, total_steps, global_batch, spe))
 
         if multi_worker:
             strategy_lib.patch_model_for_multi_worker(model)
@@ -515,6 +520,7 @@ def train(
                 steps_per_epoch=spe,
                 callbacks=callbacks,
                 verbose=verbose,
+                shuffle=False,  # the input pipeline shuffles; Keras warns on shuffle=True
             )
         elapsed = time.time() - start
         step = global_step(model)

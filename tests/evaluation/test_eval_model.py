@@ -3,6 +3,9 @@ ground-truth-derived predictions in the docs/CONTRACTS.md format."""
 
 import glob
 import json
+import logging
+import types
+import zipfile
 
 import keras
 import numpy as np
@@ -36,8 +39,14 @@ class PerfectModel(keras.Model):
     are; the evaluation code must map them back.
     """
 
-    def __init__(self, annotation_file, category_ids, **kwargs):
+    def __init__(self, annotation_file, category_ids, config=None, **kwargs):
         super().__init__(**kwargs)
+        # What an MNC carries: the preprocessing its consumers must use.
+        self.config = config or types.SimpleNamespace(
+            short_side=SHORT_SIDE, max_side=SHORT_SIDE, mask_binarize_threshold=0.4
+        )
+        self.num_classes = len(category_ids)
+        self.seen_image_shapes = []
         coco = COCO(annotation_file)
         ids = sorted(coco.imgs)
         boxes = np.zeros((len(ids), K, 4), np.float32)
@@ -58,6 +67,7 @@ class PerfectModel(keras.Model):
         self.table = [tf.constant(t) for t in (boxes, classes, scores, masks, num)]
 
     def call(self, features, training=False):
+        self.seen_image_shapes.append(tuple(features["images"].shape[1:3]))
         match = tf.equal(features["image_id"][:, None], self.table_ids[None, :])
         index = tf.argmax(tf.cast(match, tf.int32), axis=1)
         boxes, classes, scores, masks, num = [tf.gather(t, index) for t in self.table]
@@ -73,6 +83,15 @@ class PerfectModel(keras.Model):
 
     def train_step(self, data):  # fit() only drives the callback here
         return {"loss": tf.constant(0.0)}
+
+
+@pytest.fixture(autouse=True)
+def _restore_mnc_logging():
+    """mnc-eval's main() configures the mnc_tf logger (no propagation): undo it per test."""
+    root = logging.getLogger("mnc_tf")
+    saved = (root.propagate, list(root.handlers), root.level)
+    yield
+    root.propagate, root.handlers[:], root.level = saved[0], saved[1], saved[2]
 
 
 @pytest.fixture(scope="module")
@@ -151,14 +170,17 @@ def test_callback_writes_history_and_tensorboard(shapes, tmp_path):
         EvaluationCallback(ds, [], every_n_epochs=0)
 
 
-def test_cli_prints_table_and_writes_json(shapes, tmp_path, monkeypatch, capsys):
-    import mnc_tf.export.predictor as predictor
+def _placeholder_keras(path):
+    with zipfile.ZipFile(path, "w") as z:  # passes the zip check; loading is replaced
+        z.writestr("config.json", "{}")
+    return path
 
+
+def test_cli_prints_table_and_writes_json(shapes, tmp_path, monkeypatch, capsys):
     info = _dataset(shapes).info
     model = PerfectModel(shapes.annotation_file, info.category_ids)
-    model_path = tmp_path / "model.keras"
-    model_path.write_bytes(b"placeholder")  # loading is replaced below
-    monkeypatch.setattr(predictor, "load_keras_model", lambda path: model)
+    model_path = _placeholder_keras(tmp_path / "model.keras")
+    monkeypatch.setattr(cli, "load_mnc_model", lambda path, flag: model)
     out = tmp_path / "metrics.json"
     results = tmp_path / "results.json"
     rc = cli.main(
@@ -178,17 +200,103 @@ def test_cli_prints_table_and_writes_json(shapes, tmp_path, monkeypatch, capsys)
     assert len(json.loads(results.read_text())) > 0
 
 
+@pytest.mark.parametrize(
+    "flags, expected_side",
+    [([], 160), (["--short-side", "96", "--max-side", "96"], 96)],
+)
+def test_cli_resizes_as_the_model_was_trained_unless_told(
+    shapes, tmp_path, monkeypatch, capsys, flags, expected_side
+):
+    """No 600/1000 default of its own: the model's short_side/max_side (flags override)."""
+    info = _dataset(shapes).info
+    config = types.SimpleNamespace(short_side=160, max_side=160, mask_binarize_threshold=0.4)
+    model = PerfectModel(shapes.annotation_file, info.category_ids, config=config)
+    monkeypatch.setattr(cli, "load_mnc_model", lambda path, flag: model)
+    out = tmp_path / "metrics.json"
+    argv = [
+        "--model", str(_placeholder_keras(tmp_path / "m.keras")),
+        "--annotations", shapes.annotation_file, "--images", shapes.image_dir,
+        "--out", str(out), *flags,
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    # The 96 px shapes images reached the model resized to the expected side (padded to a
+    # multiple of 32), and the JSON records the sizes used.
+    assert set(model.seen_image_shapes) == {(expected_side, expected_side)}
+    saved = json.loads(out.read_text())
+    assert (saved["short_side"], saved["max_side"]) == (expected_side, expected_side)
+    assert f"shorter side {expected_side} px" in capsys.readouterr().out
+
+
+def test_evaluate_model_warns_when_the_dataset_resizes_unlike_the_model(shapes, caplog):
+    ds = _dataset(shapes)  # resized to 128
+    same = PerfectModel(shapes.annotation_file, ds.info.category_ids)
+    with caplog.at_level(logging.WARNING, logger="mnc_tf.evaluation"):
+        evaluate_model(same, ds, [COCOEvaluator(shapes.annotation_file)])
+    assert "trained with short_side" not in caplog.text
+    config = types.SimpleNamespace(short_side=600, max_side=1000, mask_binarize_threshold=0.4)
+    other = PerfectModel(shapes.annotation_file, ds.info.category_ids, config=config)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mnc_tf.evaluation"):
+        evaluate_model(other, ds, [COCOEvaluator(shapes.annotation_file)])
+    warnings = [r for r in caplog.records if "trained with short_side=600" in r.getMessage()]
+    assert len(warnings) == 1  # once per evaluation, not per batch
+    assert "96x96 image to 128x128" in warnings[0].getMessage()
+
+
+def test_evaluate_model_binarises_masks_at_the_models_threshold(shapes, monkeypatch):
+    import mnc_tf.evaluation.evaluate as evaluate_lib
+
+    seen = []
+    original = evaluate_lib.outputs_to_original
+
+    def spy(outputs, b, image_info, mask_threshold):
+        seen.append(mask_threshold)
+        return original(outputs, b, image_info, mask_threshold)
+
+    monkeypatch.setattr(evaluate_lib, "outputs_to_original", spy)
+    ds = _dataset(shapes)
+    config = types.SimpleNamespace(
+        short_side=SHORT_SIDE, max_side=SHORT_SIDE, mask_binarize_threshold=0.65
+    )
+    model = PerfectModel(shapes.annotation_file, ds.info.category_ids, config=config)
+    evaluate_model(model, ds, [COCOEvaluator(shapes.annotation_file)])
+    assert set(seen) == {0.65}
+    seen.clear()
+    evaluate_model(model, ds, [COCOEvaluator(shapes.annotation_file)], mask_threshold=0.3)
+    assert set(seen) == {0.3}
+
+
+def test_one_summary_table_per_evaluation_and_pycocotools_tables_at_debug(shapes, caplog):
+    ds = _dataset(shapes)
+    model = PerfectModel(shapes.annotation_file, ds.info.category_ids)
+    with caplog.at_level(logging.DEBUG, logger="mnc_tf.evaluation"):
+        evaluate_model(model, ds, [COCOEvaluator(shapes.annotation_file), VOCEvaluator(3)])
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(info) == 1, info
+    table = info[0].splitlines()
+    assert table[0].startswith("evaluated 6 images in ")
+    assert table[1].split() == ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"]
+    assert table[2].split()[:3] == ["bbox", "1.000", "1.000"]
+    assert table[3].split()[0] == "segm"
+    assert "mAP_r@0.5 1.000" in table[4]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    # pycocotools' own output (progress and 12-line tables) only at DEBUG
+    assert any("Average Precision" in m and "DONE" in m for m in debug)
+    assert not any("Average Precision" in m for m in info)
+
+
 def test_cli_missing_files_give_a_message_and_exit_2(tmp_path, capsys, shapes):
     rc = cli.main(["--model", str(tmp_path / "nope.keras"), "--annotations", "x", "--images", "y"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "--model: no such file" in err and "Traceback" not in err
-    model = tmp_path / "m.keras"
-    model.write_bytes(b"")
+    zipped = _placeholder_keras(tmp_path / "z.keras")
     rc = cli.main(
-        ["--model", str(model), "--annotations", str(tmp_path / "a.json"), "--images", "y"]
+        ["--model", str(zipped), "--annotations", str(tmp_path / "a.json"), "--images", "y"]
     )
     assert rc == 2 and "--annotations: no such file" in capsys.readouterr().err
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"")
     rc = cli.main(
         [
             "--model",
@@ -200,5 +308,5 @@ def test_cli_missing_files_give_a_message_and_exit_2(tmp_path, capsys, shapes):
         ]
     )
     assert rc == 2 and "--model: " in capsys.readouterr().err  # not a loadable model
-    rc = cli.main(["--model", str(model), "--dataset", "voc", "--root", str(tmp_path / "r")])
+    rc = cli.main(["--model", str(zipped), "--dataset", "voc", "--root", str(tmp_path / "r")])
     assert rc == 2 and "--root" in capsys.readouterr().err
