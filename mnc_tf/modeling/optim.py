@@ -110,8 +110,9 @@ class CaffeSGD(keras.optimizers.SGD):
 
 
 def is_bias(variable):
-    """True for a layer's bias (Keras names it ``bias``)."""
-    return variable.name == "bias" or variable.name.endswith("/bias")
+    """True for a layer's bias: Keras names it ``bias`` (the strategy-local TF variable the
+    update may receive is ``.../bias:0``)."""
+    return variable.name.split(":")[0].split("/")[-1] == "bias"
 
 
 def _handle(variable):

@@ -7,7 +7,8 @@ in both pathways, as the released MNC model starts from ``VGG16.mask.caffemodel`
 ``backbone_weights="imagenet"`` downloads and caches that file with ``keras.utils.get_file``
 (the same name, URL and hash as ``keras.applications.VGG16(weights="imagenet")``, so the
 two share ``~/.keras/models``); a local path may be that file or the ``notop`` one (then the
-fc layers start random).
+fc layers start random), or a Keras 3 ``.weights.h5`` of ``VGG16(include_top=False)``
+(loaded by Keras, conv layers only).
 """
 
 import logging
@@ -48,12 +49,11 @@ def download_vgg16_weights():
 
 
 def read_h5_layer_weights(path, names):
-    """Weights of the layers ``names`` stored in a Keras ``.h5`` file, by layer name.
+    """Weights of the layers ``names`` in a legacy Keras ``.h5`` file, by layer name.
 
-    Reads the legacy format (``keras.applications`` files, ``model.save_weights("x.h5")``:
-    a group per layer with a ``weight_names`` attribute) and the Keras 3 ``.weights.h5``
-    format (``layers/<name>/vars/<i>``). Layers absent from the file are absent from the
-    result.
+    The ``keras.applications`` format (also ``save_weights`` of Keras 2): a group per layer
+    with a ``weight_names`` attribute, at the root or under ``model_weights``. Layers absent
+    from the file are absent from the result.
 
     Returns:
       dict name → list of numpy arrays (kernel, bias).
@@ -64,15 +64,9 @@ def read_h5_layer_weights(path, names):
     except OSError as err:
         raise ValueError(f"backbone_weights {path!r} is not a readable .h5 file: {err}") from err
     with f:
-        if "layers" in f and isinstance(f["layers"], h5py.Group):
-            for name in names:
-                if name in f["layers"] and "vars" in f["layers"][name]:
-                    v = f["layers"][name]["vars"]
-                    out[name] = [np.asarray(v[k]) for k in sorted(v, key=int)]
-            return out
         group = f["model_weights"] if "model_weights" in f else f
         for name in names:
-            if name not in group:
+            if name not in group or not isinstance(group[name], h5py.Group):
                 continue
             g = group[name]
             weight_names = [
@@ -98,10 +92,20 @@ def build_vgg16(weights=None, freeze_early_layers=True):
       ``fc``: ``{"fc1": (kernel, bias), "fc2": (kernel, bias)}`` from the weights file, or
       None (no weights, or a file without the fc layers).
     """
-    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
+    keras3_file = isinstance(weights, str) and weights.endswith(".weights.h5")
+    base = keras.applications.VGG16(
+        include_top=False, weights=weights if keras3_file else None, input_shape=(None, None, 3)
+    )
     model = keras.Model(base.input, base.get_layer("block5_conv3").output, name="vgg16")
     fc = None
-    if weights is not None:
+    if keras3_file:
+        log.warning(
+            "backbone_weights %r is a Keras 3 .weights.h5 (conv layers only): the class "
+            "stage's fc6/fc7 start from random weights; keras.applications' legacy .h5 "
+            "file (or 'imagenet') also initialises them",
+            weights,
+        )
+    elif weights is not None:
         path = download_vgg16_weights() if weights == "imagenet" else weights
         convs = [layer.name for layer in model.layers if layer.weights]
         stored = read_h5_layer_weights(path, convs + list(FC_LAYERS))
