@@ -121,6 +121,8 @@ class MNCConfig:
     # the stage bridge; None: off).
     proposal_gradient_clip: float | None = 1.0 / 512
     bridge_gradient_clip: float | None = 1.0 / 512
+    # Released stage bridge (training): the GT boxes join the regressed RoIs of stages 4/5.
+    bridge_add_gt: bool = True
 
     # ---- loss weights ----
     rpn_cls_loss_weight: float = 1.0

@@ -165,6 +165,8 @@ class Cascade:
                     cls_logits, deltas = class_out
                     pred = tf.cast(tf.argmax(cls_logits[..., 1:], axis=-1), tf.int32) + 1
                     rois = self._refine(rois, deltas, pred, valid, image_size, grad_scale)
+                    if cfg.bridge_add_gt:
+                        rois, valid = _append_gt(rois, valid, gt["boxes"], gt["valid"])
                     max_iou, matched, _ = matching.match_to_gt(rois, gt["boxes"], gt["valid"])
                     fg = valid & (max_iou >= cfg.roi_fg_iou)
                     labels = tf.where(fg, tf.gather(gt["labels"], matched, batch_dims=1), 0)
@@ -237,3 +239,21 @@ class Cascade:
         probs = tf.concat([c[2] for c in collected], axis=1)
         valid_all = tf.concat([valid] * len(collected), axis=1)
         return boxes, masks, probs, valid_all
+
+
+def _append_gt(rois, valid, gt_boxes, gt_valid):
+    """Append each image's GT boxes to its RoIs (the released stage bridge's training input).
+
+    Only as many GT columns as the most populated image of the batch has are appended (valid
+    rows first), so the padding of ``max_instances`` costs nothing downstream.
+
+    Returns:
+      ``(rois [B, R + n, 4], valid [B, R + n])``.
+    """
+    order = tf.argsort(tf.cast(~gt_valid, tf.int32), axis=1, stable=True)
+    n = tf.reduce_max(tf.reduce_sum(tf.cast(gt_valid, tf.int32), axis=1))
+    order = order[:, :n]
+    boxes = tf.gather(tf.cast(gt_boxes, rois.dtype), order, batch_dims=1)
+    ok = tf.gather(gt_valid, order, batch_dims=1)
+    boxes = tf.where(ok[..., None], boxes, 0.0)
+    return tf.concat([rois, boxes], axis=1), tf.concat([valid, ok], axis=1)

@@ -304,3 +304,23 @@ def test_imagenet_fc_start_both_pathways(monkeypatch):
         MNC(2, backbone="vgg16", num_stages=3, config=cfg.replace(fc_dim=4))
     with pytest.raises(ValueError, match=r"backbone_weights='imagenet' needs"):
         MNC(2, backbone="tiny", num_stages=3, config=make_tiny_config(backbone_weights="imagenet"))
+
+
+def test_stage_bridge_appends_valid_gt_boxes_only():
+    from mnc_tf.modeling.cascade import _append_gt
+
+    rois = np.ones((2, 3, 4), np.float32)
+    valid = np.array([[True, True, False], [True, False, False]])
+    gt = np.array([[[-1] * 4, [1, 2, 3, 4], [5, 6, 7, 8]], [[9, 9, 10, 10], [-1] * 4, [-1] * 4]])
+    gt_valid = np.array([[False, True, True], [True, False, False]])
+    out, ok = _append_gt(tf.constant(rois), tf.constant(valid), gt.astype(np.float32), gt_valid)
+    # Two GT columns (the most any image has), valid ones first, padding zeroed and invalid.
+    np.testing.assert_array_equal(out[0, 3:], [[1, 2, 3, 4], [5, 6, 7, 8]])
+    np.testing.assert_array_equal(out[1, 3:], [[9, 9, 10, 10], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(
+        ok, [[True, True, False, True, True], [True, False, False, True, False]]
+    )
+    empty, ok = _append_gt(
+        tf.constant(rois), tf.constant(valid), gt.astype(np.float32), gt_valid & False
+    )
+    assert empty.shape == (2, 3, 4) and ok.shape == (2, 3)
