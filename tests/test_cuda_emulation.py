@@ -130,11 +130,17 @@ def run_emulated(driver, tmp_path, features, boxes, box_indices, grads, crop, po
     return results
 
 
-def run_cpu(features, boxes, box_indices, grads, crop, pooled, scale):
-    with tf.device("/CPU:0"):
+def run_op(features, boxes, box_indices, grads, crop, pooled, scale, device="/CPU:0"):
+    """MncRoiWarp and MncRoiWarpGrad on ``device``; fails if TF placed them elsewhere."""
+    with tf.device(device):
         output, argmax = OPS.mnc_roi_warp(features, boxes, box_indices, crop, pooled, scale)
         grad_features, grad_boxes = OPS.mnc_roi_warp_grad(
             grads, features, boxes, box_indices, argmax, crop, pooled, scale
+        )
+    for t in (output, grad_features):
+        assert t.device.endswith(device.lstrip("/")), (
+            f"the op ran on {t.device}, not {device}: the op library has no kernel for that "
+            "device (GPU: rebuild with MNC_BUILD_CUDA=1, see README 'GPU users')"
         )
     return {
         "output": output.numpy(),
@@ -233,29 +239,51 @@ CASES = [
 ]
 
 
+def case_inputs(make, pooled):
+    """features, boxes, box_indices of a case and upstream gradients [R, P, P, C]."""
+    features, boxes, box_indices = make()
+    r, c = len(boxes), features.shape[-1]
+    grads = np.random.default_rng(r * 1000 + c).standard_normal((r, pooled, pooled, c))
+    return features, boxes, box_indices, grads.astype(np.float32)
+
+
+def assert_matches(cuda, cpu, what):
+    """Forward and argmax bit for bit (same float operations in the same order, no FMA on
+    either side); gradients to float rounding, relative to the largest |value| (the CUDA
+    backward sums in another order: atomics, block reductions; the CPU partly in double)."""
+    np.testing.assert_array_equal(cuda["output"], cpu["output"], err_msg=f"output, {what}")
+    np.testing.assert_array_equal(cuda["argmax"], cpu["argmax"], err_msg=f"argmax, {what}")
+    for name, tol in (("grad_features", 1e-5), ("grad_boxes", 1e-4)):
+        atol = tol * max(1.0, float(np.abs(cpu[name]).max(initial=0.0)))
+        np.testing.assert_allclose(
+            cuda[name], cpu[name], rtol=0, atol=atol, err_msg=f"{name}, {what}"
+        )
+
+
 @pytest.mark.parametrize("cap", [SOURCE_GRID_CAP, WRAP_GRID_CAP], ids=["grid", "wrapped"])
 @pytest.mark.parametrize(
     "make,crop,pooled,scale", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
 def test_emulated_cuda_matches_cpu_kernels(driver, tmp_path, make, crop, pooled, scale, cap):
-    features, boxes, box_indices = make()
-    r, c = len(boxes), features.shape[-1]
-    rng = np.random.default_rng(r * 1000 + c)
-    grads = rng.standard_normal((r, pooled, pooled, c)).astype(np.float32)
-    cpu = run_cpu(features, boxes, box_indices, grads, crop, pooled, scale)
-    emulated = run_emulated(
-        driver, tmp_path, features, boxes, box_indices, grads, crop, pooled, scale, cap
-    )
-    for order, gpu in emulated.items():
-        # Same float operations in the same order (no FMA on either side): bit for bit.
-        np.testing.assert_array_equal(gpu["output"], cpu["output"], err_msg=f"output, {order}")
-        np.testing.assert_array_equal(gpu["argmax"], cpu["argmax"], err_msg=f"argmax, {order}")
-        for name, tol in (("grad_features", 1e-5), ("grad_boxes", 1e-4)):
-            expected = cpu[name]
-            scale_ = max(1.0, float(np.abs(expected).max(initial=0.0)))
-            np.testing.assert_allclose(
-                gpu[name], expected, rtol=0, atol=tol * scale_, err_msg=f"{name}, {order}"
-            )
+    inputs = case_inputs(make, pooled)
+    cpu = run_op(*inputs, crop, pooled, scale)
+    emulated = run_emulated(driver, tmp_path, *inputs, crop, pooled, scale, cap)
+    for order, cuda in emulated.items():
+        assert_matches(cuda, cpu, f"thread order {order}")
+
+
+@pytest.mark.skipif(
+    not tf.config.list_physical_devices("GPU"),
+    reason="no GPU visible to TensorFlow (the emulated run above covers the CUDA source)",
+)
+@pytest.mark.parametrize(
+    "make,crop,pooled,scale", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_gpu_op_matches_cpu_op(make, crop, pooled, scale):
+    # The same cases on the real GPU through TensorFlow (kernels built with --fmad=false).
+    inputs = case_inputs(make, pooled)
+    cpu = run_op(*inputs, crop, pooled, scale)
+    assert_matches(run_op(*inputs, crop, pooled, scale, "/GPU:0"), cpu, "GPU")
 
 
 def test_cases_wrap_the_grid_and_the_backward_chunks():

@@ -425,5 +425,9 @@ def test_gpu_matches_cpu():
             out = roi_warp(features, boxes, box_indices, 28, 14)
             grads = tape.gradient(out, [features, boxes])
         results.append([out.numpy()] + [g.numpy() for g in grads])
+        # Soft placement would run a missing GPU kernel on the CPU and compare CPU with CPU.
+        assert out.device.endswith(device[1:]) and grads[0].device.endswith(device[1:]), (
+            f"MncRoiWarp ran on {out.device}: op library built without CUDA (MNC_BUILD_CUDA=1)"
+        )
     for cpu, gpu in zip(*results, strict=True):
         np.testing.assert_allclose(gpu, cpu, rtol=1e-5, atol=1e-5 * max(1, np.abs(cpu).max()))
