@@ -413,8 +413,8 @@ def test_missing_library_error_says_how_to_build(monkeypatch, tmp_path):
 
 @pytest.mark.skipif(
     not tf.config.list_physical_devices("GPU"),
-    reason="no GPU visible to TensorFlow: the CUDA kernels are only compile-checked "
-    "(tests/test_cuda_compile.py)",
+    reason="no GPU visible to TensorFlow: the CUDA kernels are compile-checked "
+    "(tests/test_cuda_compile.py) and run emulated on the CPU (tests/test_cuda_emulation.py)",
 )
 def test_gpu_matches_cpu():
     features, boxes, box_indices = mixed_inputs(seed=9, channels=37)
