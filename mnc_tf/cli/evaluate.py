@@ -38,7 +38,9 @@ def _parser():
     parser = argparse.ArgumentParser(
         prog=PROG, description="Evaluate an MNC model: COCO AP/AR and VOC mAP^r."
     )
-    parser.add_argument("--model", required=True, help="trained model (.keras file)")
+    parser.add_argument(
+        "--model", required=True, help=".keras file, or an mnc-export directory (base or version)"
+    )
     parser.add_argument(
         "--dataset",
         choices=("coco", "sbd", "voc"),
@@ -96,7 +98,8 @@ def format_table(metrics):
 def _check_args(args):
     """Return an error message for the first bad argument, or ``None``."""
     try:
-        check_keras_file(args.model, "--model")
+        if not os.path.isdir(args.model):  # a directory: an export, checked when loaded
+            check_keras_file(args.model, "--model")
         if args.dataset == "coco":
             if not args.annotations or not args.images:
                 return "--annotations and --images are required with --dataset coco"
@@ -145,9 +148,16 @@ def main(argv=None):
     from mnc_tf.evaluation import COCOEvaluator, VOCEvaluator, evaluate_model, model_preprocessing
 
     try:
-        model = load_mnc_model(args.model, "--model")
+        if os.path.isdir(args.model):  # an mnc-export directory: its base or a version
+            from mnc_tf.export import load_exported_model
+
+            model = load_exported_model(args.model)
+        else:
+            model = load_mnc_model(args.model, "--model")
     except UsageError as e:
         return _error(str(e))
+    except (FileNotFoundError, ValueError) as e:  # load_exported_model's, naming the path
+        return _error(f"--model: {str(e).removeprefix('model: ')}")
     # The model's own preprocessing unless a flag overrides it.
     trained = model_preprocessing(model)
     short_side = args.short_side or trained["short_side"]
