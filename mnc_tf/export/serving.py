@@ -8,6 +8,11 @@ the *original* image. Everything is stock TensorFlow: the graph is traced inside
 replaced by its stock-op equivalent and an unmodified ``tensorflow/serving`` image (or any
 Python process with plain TensorFlow and without ``mnc_tf``) can run the export.
 
+The SavedModel tracks the ``tf.Variable`` s its graphs capture, not the Keras model: that is
+what TF Serving's Session loader (``tensorflow::LoadSavedModel``) needs to restore them (see
+:func:`export_serving`). ``tests/export/test_session_loader.py`` runs every signature in that
+loader through TensorFlow's C API (``tools/saved_model_loader_check.c``, no Python).
+
 Layout (the one TF Serving watches; the highest integer sub-directory is served)::
 
     export_dir/
@@ -23,7 +28,9 @@ Signatures (inputs → the same outputs for all three):
 ``serving_default``        ``images``: string ``[B]`` encoded JPEG / PNG / GIF / BMP / WebP
                            / JPEG XL bytes (whatever ``tf.io.decode_image`` reads);
                            grayscale and RGBA are converted to RGB, GIFs use the first frame.
-``serving_image_tensor``   ``images``: uint8 ``[B, H, W, 3]`` RGB.
+``serving_image_tensor``   ``images``: uint8 ``[B, H, W, 3]`` RGB (the signature says
+                           ``[B, H, W, C]``; ``C = 3`` is checked in the graph: the Session
+                           loader does not check a fed tensor against the declared shape).
 ``serving_tf_example``     ``examples``: string ``[B]`` serialized ``tf.train.Example`` with the
                            encoded image in the bytes feature ``image/encoded``.
 =========================  =====================================================================
@@ -50,9 +57,19 @@ sees the padding near the border, an image's detections in a mixed batch can dif
 from the same image sent alone. ``serving_image_tensor`` takes one dense tensor, so all its
 images have one size.
 
-Bad input (bytes that are not an image, an empty string, an empty batch, a zero-size image, a
-``tf.train.Example`` without ``image/encoded``) raises ``InvalidArgumentError`` whose message
-names the signature input; the serving process keeps running.
+Besides the signatures, the SavedModel holds the ``tf.function`` ``infer`` (the model on
+already-resized images; ``mnc-eval --model export/`` uses it). It is no signature, so servers
+do not expose it.
+
+Bad input raises ``InvalidArgumentError`` whose message names the signature, the input and
+the index of the first bad element, e.g. ``assertion failed: [serving_default input images:
+element] [1] [is a zero-size] [PNG] [image; ...]``: an empty batch, an empty string, bytes
+that are no image format ``tf.io.decode_image`` reads, a PNG / GIF / BMP whose header says
+0 × 0, image bytes the decoder rejects (truncated or corrupt), a uint8 tensor without 3
+channels or of zero size, bytes that do not parse as a ``tf.train.Example``, an Example
+without ``image/encoded``. Decoder and parser failures are caught by running the per-element
+work in a ``tf.data`` pipeline with ``ignore_errors`` and reporting the elements it dropped
+(a graph cannot catch an op's error otherwise). The serving process keeps running.
 """
 
 import json
@@ -357,8 +374,9 @@ def build_serving_functions(model):
     def serve_encoded(images):
         return postprocess(*decode_batch(images, f"{SIGNATURE_ENCODED} input images"))
 
-    # Channels are not fixed in the signature: a server does not check a fed tensor's shape
-    # against it, and the graph must see the real channel count to reject 1 / 4 channels.
+    # Channels are not fixed in the signature: the Session loader does not check a fed
+    # tensor's shape against it (a [1, 16, 16, 4] feed of a "[-1, -1, -1, 3]" signature failed
+    # deep inside map_fn), and the graph must see the real channel count to reject it.
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name="images")])
     def serve_image_tensor(images):
         name = f"{SIGNATURE_IMAGE_TENSOR} input images"
