@@ -7,7 +7,8 @@ baseline are called in turn, and each run waits for its outputs by reading one e
 by copying them to NumPy, which costs both sides the same ~35 ms and is reported apart as
 host_copy_ms). Prints one JSON object; ratio = baseline wall time / our wall time (> 1: ours
 is faster); cpu_ms holds the process CPU time of the same runs, the steadier measure where
-other jobs share the CPU.
+other jobs share the CPU. With --device /GPU:0 it first checks that the op really runs on
+the GPU (exits with a message when the op library was built without CUDA kernels).
 
     python benchmarks/bench_roi_warp.py [--runs 20] [--boxes 300] [--device /CPU:0]
 """
@@ -103,6 +104,23 @@ def _host_copy_ms(fn, runs=5):
     return statistics.median(times)
 
 
+def _check_placement(device, features, boxes, box_indices):
+    """The op's kernels run on `device`: soft placement would silently run a missing GPU
+    kernel on the CPU and time that instead. Returns the device's name."""
+    with tf.device(device):
+        out = roi_warp(features, boxes[:1], box_indices[:1])
+    if not out.device.endswith(device.lstrip("/")):
+        raise SystemExit(
+            f"--device {device}: MncRoiWarp ran on {out.device}; the op library has no kernel "
+            "for that device (GPU: rebuild with MNC_BUILD_CUDA=1, see README 'GPU users')"
+        )
+    physical = tf.config.list_physical_devices(device.strip("/").split(":")[0])
+    if device.upper().startswith("/GPU") and physical:
+        index = int(device.rsplit(":", 1)[-1])
+        return tf.config.experimental.get_device_details(physical[index]).get("device_name")
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
@@ -112,6 +130,7 @@ def main(argv=None):
 
     with tf.device(args.device):
         inputs = _inputs(args.boxes)
+        device_name = _check_placement(args.device, *inputs[:3])
         ours = _functions(roi_warp, *inputs)
         base = _functions(roi_warp_reference, *inputs)
         ours_fwd, base_fwd = _median_ms([ours[0], base[0]], args.runs)
@@ -120,6 +139,7 @@ def main(argv=None):
     result = {
         "benchmark": "roi_warp",
         "device": args.device,
+        "device_name": device_name,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "tensorflow": tf.__version__,
         "features": [1, 38, 63, 512],
