@@ -35,11 +35,14 @@ def mask_overlap(pred_probs, rois, gt_masks, matched, threshold=0.4):
     soft = mask_ops.paste_masks(
         tf.reshape(pred_probs, [-1, m, m]), tf.reshape(rois, [-1, 4]), tf.stack([h, w]), None
     )
-    pred = tf.cast(soft >= threshold, tf.float32)  # [B·R, H, W]
-    gt = tf.gather(gt_masks, tf.cast(matched, tf.int32), batch_dims=1)  # [B, R, H, W]
-    gt = tf.reshape(tf.cast(gt > 0, tf.float32), tf.shape(pred))
-    inter = tf.reduce_sum(pred * gt, axis=[1, 2])
-    union = tf.reduce_sum(pred, axis=[1, 2]) + tf.reduce_sum(gt, axis=[1, 2]) - inter
+    pred = soft >= threshold  # bool [B·R, H, W]
+    matched = tf.cast(matched, tf.int32)
+    # GT areas per object (not per RoI), and the matched GT as bool: no float [B·R, H, W] copy.
+    gt_area = tf.reduce_sum(tf.cast(gt_masks > 0, tf.float32), axis=[2, 3])  # [B, N]
+    gt = tf.reshape(tf.gather(gt_masks, matched, batch_dims=1) > 0, tf.shape(pred))
+    inter = tf.cast(tf.math.count_nonzero(pred & gt, axis=[1, 2]), tf.float32)
+    pred_area = tf.cast(tf.math.count_nonzero(pred, axis=[1, 2]), tf.float32)
+    union = pred_area + tf.reshape(tf.gather(gt_area, matched, batch_dims=1), [-1]) - inter
     return tf.reshape(tf.math.divide_no_nan(inter, union), tf.stack([b, r]))
 
 
