@@ -1,5 +1,7 @@
 """examples/serving_client.py: REST / gRPC requests and responses, against the SavedModel's own
-signatures run locally (the TF Serving server itself is not part of the tests)."""
+signatures run locally in Python, behind small local stand-in servers written here. These are
+not TF Serving: what shows that the export runs in TF Serving's loader is
+test_session_loader.py (TensorFlow's C-API Session loader)."""
 
 import base64
 import importlib.util
@@ -46,7 +48,8 @@ def _signature_inputs(loaded, signature, inputs):
 
 
 def _rest_instances_to_inputs(body, input_name):
-    """Decode a REST "instances" body the way TF Serving does for a one-input signature."""
+    """Decode a REST "instances" body for a one-input signature, following the documented
+    REST API ({"b64": ...} → bytes; nested lists → a dense tensor). A stand-in, not a server."""
     instances = json.loads(json.dumps(body))["instances"]  # exactly what goes on the wire
     if isinstance(instances[0], dict) and set(instances[0]) == {"b64"}:
         return {input_name: np.array([base64.b64decode(i["b64"]) for i in instances], object)}
@@ -54,7 +57,7 @@ def _rest_instances_to_inputs(body, input_name):
 
 
 def _rest_response(outputs):
-    """TF Serving's row-format answer to an "instances" request, through JSON."""
+    """The documented row-format answer to an "instances" request, through JSON (stand-in)."""
     batch = len(outputs["num_detections"])
     predictions = [{k: v[i].tolist() for k, v in outputs.items()} for i in range(batch)]
     return json.dumps({"predictions": predictions})
