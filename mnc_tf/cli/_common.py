@@ -43,8 +43,8 @@ def check_keras_file(path, flag="--model"):
     check_input_file(path, flag, what="a .keras file")
     if not zipfile.is_zipfile(path):
         raise UsageError(
-            f"{flag}: could not load {path}: expected a .keras file (the zip archive "
-            "model.save writes), but it is not a zip archive"
+            f"{flag}: expected a .keras file (the zip archive model.save writes); could not "
+            f"load {path}: it is not a zip archive"
         )
 
 

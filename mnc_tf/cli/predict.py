@@ -22,6 +22,7 @@ decoded (it is skipped, the others are written).
 import argparse
 import json
 import os
+import re
 import sys
 
 from mnc_tf.cli._common import (
@@ -175,7 +176,7 @@ def main(argv=None):
             image = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
             det = predictor.predict(encoded)
         except tf.errors.InvalidArgumentError as e:
-            _error(f"IMAGE: {path} is not a readable image ({_reason(e)}); skipped")
+            _error(f"IMAGE: {path}: not a readable image ({_reason(e)}); skipped")
             failed += 1
             continue
         height, width = image.shape[:2]
@@ -216,6 +217,7 @@ def _reason(error):
     lines = [line.strip() for line in (error.message or "").splitlines() if line.strip()]
     for line in reversed(lines):
         if not line.startswith(("[[", "Detected at node", "File ", "Graph execution error")):
+            line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", line)
             return line.split(" [[")[0].split(" [Op:")[0]
     return type(error).__name__
 

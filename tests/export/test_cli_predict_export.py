@@ -150,7 +150,7 @@ def test_predict_model_path_errors(images, tmp_path, capsys):
 
 def test_predict_skips_an_unreadable_image(export_base, images, tmp_path, capsys):
     junk = tmp_path / "junk.jpg"
-    junk.write_bytes(b"this is not a jpeg")
+    junk.write_bytes(images[0].read_bytes()[:200])  # a JPEG header, then nothing decodable
     argv = [str(junk), str(images[0]), "--model", str(export_base), "--out", str(tmp_path / "o")]
     assert predict_cli.main(argv + ["--threshold", "0"]) == 1
     err = capsys.readouterr().err
