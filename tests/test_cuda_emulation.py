@@ -286,6 +286,25 @@ def test_gpu_op_matches_cpu_op(make, crop, pooled, scale):
     assert_matches(run_op(*inputs, crop, pooled, scale, "/GPU:0"), cpu, "GPU")
 
 
+def test_standalone_check_passes_emulated(tmp_path):
+    # custom_ops/roi_warp/standalone/roi_warp_check.cu, the nvcc-only check GPU users run, built
+    # against the emulator: the program itself works and its tolerances hold for these kernels.
+    (tmp_path / "standalone").mkdir()
+    shutil.copy(os.path.join(SOURCES, "standalone", "roi_warp_check.cu"), tmp_path / "standalone")
+    for header in ("roi_warp_gpu.h", "roi_warp_math.h"):
+        shutil.copy(os.path.join(SOURCES, header), tmp_path)
+    kernels = os.path.join(SOURCES, "roi_warp_kernels.cu.cc")
+    (tmp_path / "roi_warp_kernels.cu.cc").write_text(emulated_source(kernels))
+    exe = tmp_path / "roi_warp_check"
+    cmd = [CXX, "-std=c++17", "-O1", "-ffp-contract=off", "-I", EMU, "-x", "c++"]
+    cmd += [str(tmp_path / "standalone" / "roi_warp_check.cu"), "-x", "none"]
+    cmd += [os.path.join(SOURCES, "standalone", "roi_warp_check_cpu.cc"), "-o", str(exe)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
+    result = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result
+
+
 def test_cases_wrap_the_grid_and_the_backward_chunks():
     # The wrapped runs really wrap (more elements than 3 blocks of 256 threads), and some
     # boxes span several backward blocks (kBackwardChunk = 256 * 16 elements).
