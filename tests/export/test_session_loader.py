@@ -14,12 +14,13 @@ import subprocess
 import sys
 import zlib
 
-import loader_check
 import numpy as np
 import pytest
 import tensorflow as tf
 from export_testutil import scene
 from PIL import Image
+
+from mnc_tf.export import session_loader as loader_check
 
 SIGNATURES = ("serving_default", "serving_image_tensor", "serving_tf_example")
 INPUT_KEYS = {"serving_default": "images", "serving_image_tensor": "images",

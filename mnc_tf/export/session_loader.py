@@ -1,21 +1,34 @@
-"""Build and drive ``tools/saved_model_loader_check.c``: TF Serving's loader, without Python.
+"""Run an export in TF Serving's loader, in a process without Python.
 
-The C program calls ``TF_LoadSessionFromSavedModel`` (tag ``serve``), reads the signature
-defs from the MetaGraphDef itself and runs request files in one session. It is compiled here
-with the machine's C compiler against the headers and shared libraries inside the installed
-TensorFlow wheel (``tensorflow/include``, ``libtensorflow_cc.so.2``,
-``libtensorflow_framework.so.2``); nothing else is needed.
+TF Serving loads models with TensorFlow's Session-based loader (``tensorflow::LoadSavedModel``),
+not with Python's ``tf.saved_model.load``. ``tools/saved_model_loader_check.c`` reaches that
+loader through TensorFlow's C API: ``TF_LoadSessionFromSavedModel`` (tag ``serve``), the
+signature defs read from the MetaGraphDef itself, ``TF_SessionRun`` per request, all requests
+in one session. This module compiles it with the machine's C compiler against the headers and
+shared libraries inside the installed TensorFlow wheel (``tensorflow/include``,
+``libtensorflow_cc.so.2``, ``libtensorflow_framework.so.2``) and runs it::
+
+    from mnc_tf.export import session_loader
+
+    checker = session_loader.build("/tmp/checker")
+    report, proc = session_loader.run(
+        checker, "export/1", [("serving_default", "images", [open("cat.jpg", "rb").read()])],
+        "/tmp/check")
+    report["requests"][0]["outputs"]["detection_scores"]   # NumPy array from the C process
+
+Needs a source checkout (``tools/`` is not part of the installed package) and ``gcc`` / ``cc``.
 """
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SOURCE = os.path.join(REPO, "tools", "saved_model_loader_check.c")
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SOURCE = os.path.join(_REPO, "tools", "saved_model_loader_check.c")
 _DTYPES = {"float32": np.float32, "int32": np.int32, "int64": np.int64, "uint8": np.uint8}
 
 
@@ -31,19 +44,21 @@ def build(out_dir):
 
     Raises ``RuntimeError`` with the compiler's output when it does not build.
     """
+    if not os.path.isfile(SOURCE):
+        raise RuntimeError(f"{SOURCE} is missing: the checker needs a source checkout of mnc_tf")
     tf_dir = tensorflow_dir()
-    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if compiler is None:
+    compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("gcc") or shutil.which("cc")]
+    if compiler[0] is None:
         raise RuntimeError("no C compiler (gcc / cc) on PATH")
     libs = [os.path.join(tf_dir, name) for name in _LIBS]
-    missing = [p for p in libs + [os.path.join(tf_dir, "include", "tensorflow", "c", "c_api.h")]
-               if not os.path.isfile(p)]  # fmt: skip
+    header = os.path.join(tf_dir, "include", "tensorflow", "c", "c_api.h")
+    missing = [p for p in [*libs, header] if not os.path.isfile(p)]
     if missing:
         raise RuntimeError(f"the TensorFlow wheel lacks {missing}")
     binary = os.path.join(out_dir, "saved_model_loader_check")
-    command = [compiler, "-std=c11", "-O1", "-Wall", "-Wextra", "-Werror",
-               "-I", os.path.join(tf_dir, "include"), SOURCE, *libs,
-               f"-Wl,-rpath,{tf_dir}", "-o", binary]  # fmt: skip
+    flags = ["-std=c11", "-O1", "-Wall", "-Wextra"]
+    include = ["-I", os.path.join(tf_dir, "include")]
+    command = [*compiler, *flags, *include, SOURCE, *libs, f"-Wl,-rpath,{tf_dir}", "-o", binary]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stdout}{proc.stderr}")
@@ -117,10 +132,12 @@ def parse(stdout):
             }
         elif kind == "request":
             index, signature, status, *message = rest.split(" ", 4)
-            assert int(index) == len(report["requests"]), line
+            if int(index) != len(report["requests"]):
+                raise ValueError(f"checker output out of order: {line!r}")
             entry = {"signature": signature, "ok": status == "OK", "outputs": {}}
             if status == "ERROR":
-                entry["code"], entry["message"] = message[0], message[1] if len(message) > 1 else ""
+                entry["code"] = message[0]
+                entry["message"] = message[1] if len(message) > 1 else ""
             report["requests"].append(entry)
         elif kind == "output":
             index, key, dtype, dims, path = rest.split(" ")[:5]
