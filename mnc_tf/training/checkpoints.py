@@ -185,6 +185,12 @@ class ResumableInput(DataAdapter):
             else:
                 model._maybe_symbolic_build = original
 
+    @property
+    def checkpointable(self):
+        """Whether :attr:`iterator` can go into a ``tf.train.Checkpoint``: a ``tf.data``
+        iterator can; TF 2.21's ``MirroredStrategy`` distributed iterator cannot."""
+        return isinstance(self.iterator, tf.__internal__.tracking.Trackable)
+
     def get_tf_dataset(self):
         return self._iterable
 

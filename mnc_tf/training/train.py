@@ -457,6 +457,13 @@ def train(
         # (Not across workers: each reads its own shard, and only the chief's checkpoint is
         # kept, so the other workers' positions would be lost.)
         train_input = splits.train if multi_worker else ResumableInput(splits.train)
+        save_position = not multi_worker and train_input.checkpointable
+        if not save_position:
+            logger.info(
+                "the checkpoints do not hold the input pipeline's position with %s (its "
+                "distributed iterator cannot be checkpointed): a resumed run restarts the data",
+                type(strategy).__name__,
+            )
         backup = BackupAndRestore(
             os.path.join(model_dir, "checkpoints"),
             save_freq=tcfg.checkpoint_every,
@@ -464,7 +471,7 @@ def train(
             max_to_keep=tcfg.keep_checkpoints,
             steps_per_epoch=spe,
             total_steps=total_steps,
-            iterator=None if multi_worker else train_input.iterator,
+            iterator=train_input.iterator if save_position else None,
         )
         callbacks = [backup]
         evaluation = None
