@@ -64,9 +64,14 @@ def main(argv=None):
     parser.add_argument("--model", help=".keras file (default: an untrained tiny model)")
     parser.add_argument("--image", help="image file (default: a generated picture)")
     parser.add_argument("--out", default="demo", help="working directory")
-    parser.add_argument("--threshold", type=float, default=0.0, help="score threshold")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="score threshold (default: the model's)"
+    )
     args = parser.parse_args(argv)
 
+    from mnc_tf import console
+
+    console.quiet_tensorflow()  # no TensorFlow start-up banner (before importing it)
     from mnc_tf import visualize
     from mnc_tf.export import export_serving, load_keras_model, read_labels
 
@@ -115,7 +120,9 @@ def main(argv=None):
         outputs["detection_classes"][0, :n],
         outputs["detection_scores"][0, :n],
         labels,
-        score_threshold=args.threshold,
+        score_threshold=(
+            model.config.predict_score_threshold if args.threshold is None else args.threshold
+        ),
     )
     print(f"3. picture: {picture_path}")
 

@@ -22,17 +22,24 @@ def main(argv=None):
     parser.add_argument("model", help=".keras file written by mnc-train")
     parser.add_argument("images", nargs="+", help="JPEG/PNG files")
     parser.add_argument("--out", default="predictions", help="output folder for the pictures")
-    parser.add_argument("--threshold", type=float, default=0.5, help="score threshold")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="score threshold (default: the model's)"
+    )
     args = parser.parse_args(argv)
 
-    import keras
+    from mnc_tf import console
+
+    console.quiet_tensorflow()  # no TensorFlow start-up banner (before importing it)
+
     import numpy as np
     import tensorflow as tf
 
+    import mnc_tf
     from mnc_tf import visualize
     from mnc_tf.data.preprocess import resize_image
 
-    model = keras.models.load_model(args.model)
+    model = mnc_tf.load_model(args.model)  # registers the mnc_tf classes first
+    threshold = model.config.predict_score_threshold if args.threshold is None else args.threshold
     cfg = model.config
     os.makedirs(args.out, exist_ok=True)
     for path in args.images:
@@ -55,9 +62,9 @@ def main(argv=None):
             classes,
             scores,
             model.class_names,
-            score_threshold=args.threshold,
+            score_threshold=threshold,
         )
-        keep = scores >= args.threshold
+        keep = scores >= threshold
         names = [model.class_names[c - 1] if model.class_names else str(c) for c in classes[keep]]
         print(f"{path}: {int(keep.sum())} instances {names} -> {name}")
 

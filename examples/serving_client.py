@@ -209,7 +209,9 @@ def render(image, outputs, index=0, labels=None, threshold=0.5, mask_threshold=0
     classes = np.asarray(outputs["detection_classes"]).astype(np.int64)[index, :n][keep]
     soft = np.asarray(outputs["detection_masks"], np.float32)[index, :n][keep]
     masks = visualize.full_image_masks(soft, boxes, image.shape[:2], threshold=mask_threshold)
-    picture = visualize.draw_instances(image, boxes, masks, classes, scores[keep], labels)
+    picture = visualize.draw_instances(
+        image, boxes, masks, classes, scores[keep], labels, score_threshold=threshold
+    )
     detections = {"boxes": boxes, "scores": scores[keep], "classes": classes, "masks": masks}
     return picture, detections
 

@@ -35,6 +35,9 @@ def main(argv=None):
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from mnc_tf import console
+
+    console.quiet_tensorflow()  # no TensorFlow start-up banner (before importing it)
     from mnc_tf.training.config import load_config
     from mnc_tf.training.train import train
 

@@ -6,7 +6,8 @@ NumPy + OpenCV only (no matplotlib), so it runs in notebooks, CLIs and serving c
     out = model.predict(images)                      # boxes in resized-image pixels
     picture = visualize.draw_instances(
         images[0].astype("uint8"), out["boxes"][0][:n], out["masks"][0][:n],
-        out["classes"][0][:n], out["scores"][0][:n], class_names=model.class_names)
+        out["classes"][0][:n], out["scores"][0][:n], class_names=model.class_names,
+        score_threshold=model.config.predict_score_threshold)  # default 0.5
     visualize.save_visualization("pred.png", picture)
 
 Conventions: images are RGB uint8 ``[H, W, 3]``; boxes ``[N, 4]`` float ``y1, x1, y2, x2`` in
@@ -104,7 +105,7 @@ def draw_instances(
     scores=None,
     class_names=None,
     *,
-    score_threshold=0.0,
+    score_threshold=0.5,
     mask_threshold=0.4,
     alpha=0.45,
     show_boxes=True,
@@ -120,7 +121,10 @@ def draw_instances(
         ``[N, m, m]`` probabilities (pasted at ``boxes``). A ``[N, H, W]`` array whose size
         equals the image's is always taken as full-image.
       classes: ``[N]`` int class ids (contiguous labels or dataset category ids).
-      scores: ``[N]`` floats; instances below ``score_threshold`` are not drawn.
+      scores: ``[N]`` floats; instances below ``score_threshold`` are not drawn (default 0.5,
+        the default ``MNCConfig.predict_score_threshold``; pass the model's
+        ``config.predict_score_threshold`` or a Predictor's ``score_threshold``, or 0 to draw
+        every detection).
       class_names: ``None`` (ids are printed), a mapping ``class id → name`` (use it for
         dataset category ids) or a sequence with ``class_names[label - 1]`` (contiguous
         labels, like ``model.class_names``).

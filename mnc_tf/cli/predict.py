@@ -195,6 +195,7 @@ def main(argv=None):
             classes,
             scores,
             predictor.labels,
+            score_threshold=threshold,
         )
         results.extend(coco_results(image_id, boxes, scores, classes, masks))
         images.append(
