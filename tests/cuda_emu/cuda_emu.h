@@ -242,7 +242,8 @@ inline void RunBlock(State& s, size_t num_threads) {
       ++waiting;
       if (line != 0 && f.barrier_line != line) {
         char msg[160];
-        snprintf(msg, sizeof(msg), "threads of block %u wait at different __syncthreads() (lines %d and %d)",
+        snprintf(msg, sizeof(msg),
+                 "threads of block %u wait at different __syncthreads() (lines %d and %d)",
                  s.block_idx.x, line, f.barrier_line);
         Fail(msg);
       }
@@ -252,7 +253,8 @@ inline void RunBlock(State& s, size_t num_threads) {
     if (waiting != num_threads) {
       char msg[160];
       snprintf(msg, sizeof(msg),
-               "block %u: %zu of %zu threads wait at __syncthreads() (line %d), the others returned",
+               "block %u: %zu of %zu threads wait at __syncthreads() (line %d), the others "
+               "returned",
                s.block_idx.x, waiting, num_threads, line);
       Fail(msg);
     }
@@ -346,8 +348,9 @@ inline void CheckCanary(const Allocation& a) {
   for (const char* c = a.base; c < a.begin; ++c) {
     if (static_cast<unsigned char>(*c) != kCanary) {
       char msg[160];
-      snprintf(msg, sizeof(msg), "write before the start of a %zu-byte allocation (%td bytes before)",
-               a.size, a.begin - c);
+      snprintf(msg, sizeof(msg),
+               "write before the start of a %zu-byte allocation (%td bytes before)", a.size,
+               a.begin - c);
       Fail(msg);
     }
   }

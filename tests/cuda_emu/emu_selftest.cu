@@ -87,7 +87,7 @@ int main(int argc, char** argv) {
     BlockSum<<<kBlocks, kThreads, 0, stream>>>(in, out, 1);
   } else if (std::strcmp(mode, "sum_no_barriers") == 0) {
     BlockSum<<<kBlocks, kThreads, 0, stream>>>(in, out, 0);
-  } else if (std::strcmp(mode, "neighbour") == 0 || std::strcmp(mode, "neighbour_no_barrier") == 0) {
+  } else if (std::strncmp(mode, "neighbour", 9) == 0) {
     Neighbour<<<1, kThreads, 0, stream>>>(out, std::strcmp(mode, "neighbour") == 0);
     n_out = kThreads;
   } else if (std::strcmp(mode, "divergent") == 0) {
