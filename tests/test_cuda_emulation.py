@@ -78,8 +78,7 @@ def check_shared_memory_is_poisoned(exe, namespace):
     """Every function-local static of ``namespace`` (its __shared__ arrays) lies in the
     section cuda_emu.h poisons per block; GCC puts those of function templates elsewhere."""
     nm = shutil.which("nm")
-    if nm is None:
-        pytest.skip("nm (binutils) not found")
+    assert nm, "nm not found: install binutils (g++ needs it too)"
     listing = subprocess.run([nm, "-C", exe], capture_output=True, text=True, check=True).stdout
     symbols = {}
     for line in listing.splitlines():
