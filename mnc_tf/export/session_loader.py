@@ -145,3 +145,89 @@ def parse(stdout):
             array = np.fromfile(path, _DTYPES[dtype]).reshape(shape)
             report["requests"][int(index)]["outputs"][key] = array
     return report
+
+
+def _compare_with_python(version_dir, requests, report):
+    """Max |C − Python| per request and output (Python: ``tf.saved_model.load``)."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(version_dir)
+    diffs = []
+    for (signature, input_key, value), result in zip(requests, report["requests"], strict=True):
+        if not result["ok"]:
+            diffs.append(None)
+            continue
+        fn = loaded.signatures[signature]
+        feed = tf.constant(value) if isinstance(value, list) else value
+        expected = {k: v.numpy() for k, v in fn(**{input_key: feed}).items()}
+        diffs.append(
+            {
+                key: float(np.max(np.abs(result["outputs"][key].astype(np.float64) - ref)))
+                if ref.size
+                else 0.0
+                for key, ref in expected.items()
+            }
+        )
+    return diffs
+
+
+def main(argv=None):
+    """``python -m mnc_tf.export.session_loader EXPORT IMAGE...``: every signature of an export
+    on each image in TF Serving's loader (the C program), compared with Python's loader."""
+    import argparse
+    import json
+    import tempfile
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mnc_tf.export.session_loader",
+        description="Run an export's signatures in TensorFlow's Session loader (C API, no "
+        "Python) and compare with tf.saved_model.load.",
+    )
+    parser.add_argument("export", help="SavedModel version directory or export base directory")
+    parser.add_argument("images", nargs="+", help="encoded image files (JPEG, PNG, ...)")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |C - Python|")
+    parser.add_argument("--checker", help="an already built checker (default: build one now)")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    from mnc_tf.export.serving import latest_version_dir
+
+    version_dir = latest_version_dir(args.export)
+    requests = []
+    for path in args.images:
+        with open(path, "rb") as f:
+            encoded = f.read()
+        pixels = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+        feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))
+        features = tf.train.Features(feature={"image/encoded": feature})
+        example = tf.train.Example(features=features).SerializeToString()
+        requests += [
+            ("serving_default", "images", [encoded]),
+            ("serving_image_tensor", "images", pixels[None]),
+            ("serving_tf_example", "examples", [example]),
+        ]
+    with tempfile.TemporaryDirectory(prefix="session_loader_") as work:
+        binary = args.checker or build(work)
+        report, proc = run(binary, version_dir, requests, work)
+        print(proc.stdout, end="")
+        if not report["loaded"] or proc.returncode != 0:
+            print(proc.stderr[-3000:])
+            return 1
+        diffs = _compare_with_python(version_dir, requests, report)
+    worst = 0.0
+    for (signature, _, _), diff in zip(requests, diffs, strict=True):
+        if diff is None:
+            worst = float("inf")
+            continue
+        worst = max(worst, max(diff.values()))
+        print(f"compare {signature}: max |C - Python| " + json.dumps(diff))
+    ok = worst <= args.tolerance
+    print(f"{'OK' if ok else 'FAILED'}: {len(requests)} requests; largest difference {worst:.3g}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """The export in TensorFlow's Session loader — the loader TF Serving uses — with no Python.
 
-``tools/saved_model_loader_check.c`` is compiled here against the TensorFlow wheel's C API
+``tools/saved_model_session_loader.c`` is compiled here against the TensorFlow wheel's C API
 and run as a separate process: ``TF_LoadSessionFromSavedModel(tags={"serve"})``, tensor names
 from the MetaGraphDef's signature defs, ``TF_SessionRun``. Its outputs are compared with
 Python's ``tf.saved_model.load`` on the same export, and with the model itself.
@@ -20,7 +20,7 @@ import tensorflow as tf
 from export_testutil import scene
 from PIL import Image
 
-from mnc_tf.export import session_loader as loader_check
+from mnc_tf.export import session_loader
 
 SIGNATURES = ("serving_default", "serving_image_tensor", "serving_tf_example")
 INPUT_KEYS = {"serving_default": "images", "serving_image_tensor": "images",
@@ -31,7 +31,7 @@ OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "detectio
 
 @pytest.fixture(scope="session")
 def checker(tmp_path_factory):
-    return loader_check.build(str(tmp_path_factory.mktemp("loader_check")))
+    return session_loader.build(str(tmp_path_factory.mktemp("loader_check")))
 
 
 def _jpeg(image, quality=95):
@@ -113,7 +113,7 @@ def test_every_signature_runs_in_the_session_loader_like_in_python(
         ("serving_image_tensor", "images", pixels[None]),
         ("serving_tf_example", "examples", [_example(jpeg), _example(_png(small))]),
     ]
-    report, proc = loader_check.run(checker, export_base / "1", requests, str(tmp_path))
+    report, proc = session_loader.run(checker, export_base / "1", requests, str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert report["loaded"]
 
@@ -174,14 +174,14 @@ def test_checker_fails_on_an_export_that_tracks_keras_variables(
     assert int(python["num_detections"][0]) > 0  # Python's loader hides the problem
 
     requests = [("serving_image_tensor", "images", image)]
-    report, proc = loader_check.run(checker, saved, requests, str(tmp_path))
+    report, proc = session_loader.run(checker, saved, requests, str(tmp_path))
     assert proc.returncode == 0 and report["loaded"], proc.stdout + proc.stderr[-2000:]
     (result,) = report["requests"]
     assert not result["ok"]
     assert result["code"] == "FAILED_PRECONDITION"
     assert "Could not find variable" in result["message"]
     # The real export of the same model runs the same request.
-    report, proc = loader_check.run(checker, export_base / "1", requests, str(tmp_path / "ok"))
+    report, proc = session_loader.run(checker, export_base / "1", requests, str(tmp_path / "ok"))
     assert report["requests"][0]["ok"], report
 
 
@@ -226,7 +226,7 @@ def test_bad_requests_fail_clearly_in_the_session_loader_and_it_keeps_serving(
     bad = _bad_requests()
     good = ("serving_default", "images", [_jpeg(scene(40, 70, seed=6))])
     requests = [good] + [(s, INPUT_KEYS[s], v) for s, v, _, _ in bad] + [good]
-    report, proc = loader_check.run(checker, export_base / "1", requests, str(tmp_path))
+    report, proc = session_loader.run(checker, export_base / "1", requests, str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = report["requests"]
     assert len(results) == len(requests)
@@ -274,3 +274,15 @@ def test_saved_model_cli_run_serving_default(export_base, loaded_export, tmp_pat
     py = _python_outputs(loaded_export, "serving_default", [jpeg])
     assert int(py["num_detections"][0]) > 0
     _assert_same({k: np.load(out_dir / f"{k}.npy") for k in OUTPUTS}, py, "saved_model_cli")
+
+
+def test_command_line_check_of_an_export(checker, export_base, tmp_path, capsys):
+    """``python -m mnc_tf.export.session_loader EXPORT IMAGE``: the user-facing check."""
+    path = tmp_path / "scene.jpg"
+    path.write_bytes(_jpeg(scene(90, 150, seed=1)))
+    assert session_loader.main([str(export_base), str(path), "--checker", checker]) == 0
+    out = capsys.readouterr().out
+    assert "loaded" in out and "tags=serve" in out
+    for signature in SIGNATURES:
+        assert re.search(rf"request \d+ {signature} OK", out), out
+    assert "OK: 3 requests" in out
