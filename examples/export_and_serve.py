@@ -6,10 +6,14 @@
 Steps:
 
 1. export the model as a SavedModel in ``demo/export/1`` (what ``mnc-export`` does);
-2. load it in a **fresh Python process that does not import mnc_tf** — exactly what TF
-   Serving (or any plain-TensorFlow service) does — and run ``serving_default`` on the image;
-3. turn the answer into full-image masks and a picture (``demo/prediction.png``);
-4. print the ``docker run tensorflow/serving`` line and a ``curl`` request for the export.
+2. run its three signatures on the image in **TensorFlow's Session loader** — the loader TF
+   Serving uses — through the C API in a process without Python
+   (``tools/saved_model_loader_check.c``, compiled with ``gcc`` against the TensorFlow wheel;
+   skipped with a note when no C compiler is found), compared with Python's loader;
+3. load it in a **fresh Python process that does not import mnc_tf** (plain TensorFlow's
+   ``tf.saved_model.load``) and run ``serving_default`` on the image;
+4. turn the answer into full-image masks and a picture (``demo/prediction.png``);
+5. print the ``docker run tensorflow/serving`` line and a client command for the export.
 """
 
 import argparse
@@ -89,7 +93,20 @@ def main(argv=None):
     version_dir = export_serving(model, export_dir, version=max(existing, default=0) + 1)
     print(f"1. exported {version_dir}")
 
-    # 2. Serve from a process without mnc_tf.
+    # 2. TF Serving's loader (TensorFlow's C-API Session loader, no Python in that process).
+    from mnc_tf.export import session_loader
+
+    try:
+        checker = session_loader.build(args.out)
+    except RuntimeError as e:
+        print(f"2. Session-loader check skipped: {str(e).splitlines()[0]}")
+    else:
+        status = session_loader.main([version_dir, image_path, "--checker", checker])
+        if status != 0:
+            sys.exit("the export did not run in TensorFlow's Session loader (see above)")
+        print("2. the export runs in TensorFlow's Session loader (the one TF Serving uses)")
+
+    # 3. Load in a Python process without mnc_tf.
     npz = os.path.join(args.out, "outputs.npz")
     child = subprocess.run(
         [sys.executable, "-c", _SERVE_WITHOUT_MNC_TF, version_dir, image_path, npz],
@@ -100,9 +117,9 @@ def main(argv=None):
     if child.returncode != 0:
         sys.exit(f"serving process failed:\n{child.stderr[-2000:]}")
     report = json.loads(child.stdout.strip().splitlines()[-1])
-    print(f"2. plain-TensorFlow process: {report}")
+    print(f"3. plain-TensorFlow Python process: {report}")
 
-    # 3. Picture.
+    # 4. Picture.
     import numpy as np
 
     outputs = dict(np.load(npz))
@@ -124,12 +141,12 @@ def main(argv=None):
             model.config.predict_score_threshold if args.threshold is None else args.threshold
         ),
     )
-    print(f"3. picture: {picture_path}")
+    print(f"4. picture: {picture_path}")
 
-    # 4. How to serve it for real.
+    # 5. How to serve it for real.
     base = os.path.abspath(export_dir)
     print(
-        "4. serve it with TF Serving:\n"
+        "5. serve it with TF Serving:\n"
         f"   docker run -p 8501:8501 --mount type=bind,source={base},target=/models/mnc "
         "-e MODEL_NAME=mnc -t tensorflow/serving\n"
         "   then: python examples/serving_client.py IMAGE --rest http://localhost:8501 "
