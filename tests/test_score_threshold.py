@@ -68,6 +68,9 @@ def models(tmp_path_factory):
     cut.save(root / "cut.keras")
     expected = int(np.sum(scores >= threshold))
     assert 0 < expected < len(scores)
+    from mnc_tf.export import export_serving
+
+    export_serving(cut, root / "export", version=1)
     return {"root": root, "photo": photo, "scores": scores, "threshold": threshold, "cut": cut}
 
 
@@ -82,12 +85,44 @@ def test_mnc_predict_threshold_defaults_to_the_models(models):
 
 
 def test_exported_model_carries_its_threshold(models):
-    from mnc_tf.export import export_serving
     from mnc_tf.export.predictor import Predictor
 
     root = models["root"]
-    export_serving(models["cut"], root / "export", version=1)
     predictor = Predictor.from_path(root / "export")
     assert predictor.score_threshold == pytest.approx(models["threshold"])
     written = _predict(root, models["photo"], root / "export", "from_export")
     assert len(written) == int(np.sum(models["scores"] >= models["threshold"]))
+
+
+def test_docs_serving_notebook_snippet_draws_only_confident_instances(models, monkeypatch):
+    """The docs/serving.md notebook snippet, run as written on an export and a photo."""
+    import os
+    import re
+
+    from mnc_tf.export.predictor import Predictor
+
+    root = models["root"]
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "docs", "serving.md")).read()
+    blocks = re.findall(r"```python\n(.*?)```", docs, re.S)
+    snippet = [b for b in blocks if 'Predictor.from_path("export/")' in b and "draw_instances" in b]
+    assert len(snippet) == 1
+    work = root / "snippet"
+    (work / "export").mkdir(parents=True)
+    os.symlink(root / "export" / "1", work / "export" / "1")
+    (work / "cat.jpg").write_bytes(models["photo"].read_bytes())  # a PNG; decode_image reads it
+    monkeypatch.chdir(work)
+    exec(compile(snippet[0], "docs/serving.md", "exec"), {})
+    drawn = np.asarray(Image.open(work / "cat_pred.png"))
+    # The same detections drawn at the model's threshold, and all of them: the snippet drew
+    # the former.
+    predictor = Predictor.from_path(work / "export")
+    det = predictor.predict(models["photo"].read_bytes())
+    image = visualize.load_image(str(models["photo"]))
+    args = [image, det["detection_boxes"], det["detection_masks"], det["detection_classes"]]
+    args += [det["detection_scores"]]
+    expected = visualize.draw_instances(
+        *args, class_names=predictor.labels, score_threshold=models["threshold"]
+    )
+    everything = visualize.draw_instances(*args, class_names=predictor.labels, score_threshold=0)
+    np.testing.assert_array_equal(drawn, expected)
+    assert not np.array_equal(drawn, everything)
