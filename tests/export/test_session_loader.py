@@ -8,6 +8,7 @@ Python's ``tf.saved_model.load`` on the same export, and with the model itself.
 
 import io
 import os
+import pathlib
 import re
 import struct
 import subprocess
@@ -239,9 +240,22 @@ def test_bad_requests_fail_clearly_in_the_session_loader_and_it_keeps_serving(
         np.testing.assert_array_equal(results[-1]["outputs"][key], results[0]["outputs"][key])
 
 
+def _documented_messages():
+    """The "message contains" column of docs/serving.md's bad-request table, as regexes."""
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
+    table = doc.split("| request | the message contains", 1)[1].split("\n\n", 1)[0]
+    patterns = []
+    for row in table.splitlines()[2:]:
+        text = row.rsplit("| `", 1)[1].rsplit("` |", 1)[0]
+        patterns.append(re.escape(text).replace(re.escape("[i]"), r"\[\d+\]"))
+    assert len(patterns) >= 9, table
+    return patterns
+
+
 def test_bad_requests_fail_clearly_in_python_and_it_keeps_serving(loaded_export):
     good = [_jpeg(scene(40, 70, seed=6))]
     before = _python_outputs(loaded_export, "serving_default", good)
+    messages = []
     for signature, value, index, words in _bad_requests():
         if isinstance(value, list):
             value = tf.constant(value, tf.string)
@@ -249,9 +263,13 @@ def test_bad_requests_fail_clearly_in_python_and_it_keeps_serving(loaded_export)
         with pytest.raises(tf.errors.InvalidArgumentError) as info:
             fn(**{INPUT_KEYS[signature]: value})
         _check_message(info.value.message, signature, index, words)
+        messages.append(info.value.message)
     after = _python_outputs(loaded_export, "serving_default", good)
     for key in OUTPUTS:
         np.testing.assert_array_equal(after[key], before[key])
+    # Every message docs/serving.md shows is one the export really gives.
+    for pattern in _documented_messages():
+        assert any(re.search(pattern, m) for m in messages), pattern
 
 
 # --------------------------------------------------------------------------- saved_model_cli
