@@ -42,7 +42,9 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
+import types
 import uuid
 
 from mnc_tf.training import strategy as strategy_lib
@@ -579,3 +581,19 @@ def _export(model, export_dir):
     path = export_serving(model, export_dir, version=1, overwrite=True)
     logger.info("exported SavedModel to %s", path)
     return path
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`train`.
+
+    ``from mnc_tf.training import train`` must give the function, but once this submodule has
+    been imported Python sets the package attribute ``train`` to the *module* (the lazy export
+    in ``mnc_tf/training/__init__.py`` is then bypassed). Calling the module calls the
+    function, so both spellings work whatever was imported first.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
