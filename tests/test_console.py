@@ -196,3 +196,24 @@ def test_mnc_train_log_is_lines_not_progress_bars(tmp_path):
     assert all(" mnc_tf." in line or not line[:4].isdigit() for line in lines)
     # pycocotools' tables went to train.log (DEBUG) instead.
     assert "Average Precision" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_mnc_fit_on_a_dataset_does_not_warn_about_shuffle(tmp_path):
+    """Keras' fit(shuffle=True) default warns for every tf.data dataset; MNC.fit does not."""
+    import warnings
+
+    import mnc_tf
+    from mnc_tf.data import coco_dataset, make_shapes_dataset
+
+    shapes = make_shapes_dataset(tmp_path / "s", num_images=2, seed=0, image_size=64)
+    ds = coco_dataset(
+        shapes.annotation_file, shapes.image_dir, batch_size=1, training=True, short_side=64,
+        max_side=64, max_instances=8, repeat=True,
+    )  # fmt: skip
+    config = mnc_tf.MNCConfig.tiny_shapes(short_side=64, max_side=64)
+    model = mnc_tf.MNC(3, backbone="tiny", num_stages=3, config=config)
+    model.compile()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)
+    assert not [w for w in caught if "shuffle" in str(w.message)]

@@ -332,6 +332,14 @@ class MNC(keras.Model):
         raise ValueError(f"no loss weight for loss term {name!r}")
 
     # ------------------------------------------------------------------ Keras training API
+    def fit(self, x=None, y=None, *args, shuffle=None, **kwargs):
+        """Keras ``fit``; ``shuffle`` defaults to False for a ``tf.data`` (or distributed)
+        dataset — it shuffles itself, and Keras' default ``True`` only warns that it is ignored.
+        """
+        if shuffle is None:
+            shuffle = not (isinstance(x, tf.data.Dataset) or hasattr(x, "element_spec"))
+        return super().fit(x, y, *args, shuffle=shuffle, **kwargs)
+
     def compile(self, optimizer=None, loss=None, jit_compile=False, **kwargs):
         """Keras ``compile``; with no ``optimizer`` uses the config's (paper: SGD momentum 0.9,
         weight decay 5e-4, lr 1e-3 ×0.1 for the last 20% of ``total_steps``).
