@@ -1,4 +1,5 @@
-"""``model.summary()`` before and after the model is called, and after ``mnc_tf.load_model``."""
+"""``model.summary()`` before and after the model is called, and after ``mnc_tf.load_model``;
+the loaded model carries its preprocessing."""
 
 import numpy as np
 
@@ -18,7 +19,13 @@ def _roi_warp_row(text):
 
 
 def test_summary_before_and_after_call_and_after_load(tmp_path):
-    config = mnc_tf.MNCConfig.tiny_shapes(short_side=64, max_side=64)
+    config = mnc_tf.MNCConfig.tiny_shapes(
+        short_side=64,
+        max_side=96,
+        input_normalization="caffe",
+        mask_binarize_threshold=0.45,
+        predict_score_threshold=0.3,
+    )
     model = mnc_tf.MNC(3, backbone="tiny", num_stages=3, config=config)
     before = _summary(model)
     assert "rpn_head (RPNHead)" in before and "Total params" in before
@@ -35,6 +42,15 @@ def test_summary_before_and_after_call_and_after_load(tmp_path):
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = mnc_tf.load_model(path)
+    # What consumers (mnc-eval, mnc-predict, evaluate_model, the export) read from the model.
+    for field in (
+        "short_side",
+        "max_side",
+        "input_normalization",
+        "mask_binarize_threshold",
+        "predict_score_threshold",
+    ):
+        assert getattr(loaded.config, field) == getattr(config, field), field
     reloaded = _summary(loaded)
     assert total == [line for line in reloaded.splitlines() if "Total params" in line]
     loaded(np.zeros((1, 64, 64, 3), np.uint8))

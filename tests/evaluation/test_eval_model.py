@@ -310,3 +310,24 @@ def test_cli_missing_files_give_a_message_and_exit_2(tmp_path, capsys, shapes):
     assert rc == 2 and "--model: " in capsys.readouterr().err  # not a loadable model
     rc = cli.main(["--model", str(zipped), "--dataset", "voc", "--root", str(tmp_path / "r")])
     assert rc == 2 and "--root" in capsys.readouterr().err
+
+
+def test_cli_reads_the_sizes_from_a_saved_mnc(shapes, tmp_path, capsys):
+    """A real .keras file: mnc-eval takes short_side / max_side from the saved config."""
+    import mnc_tf
+
+    config = mnc_tf.MNCConfig.tiny_shapes(short_side=64, max_side=80, max_detections=10)
+    info = _dataset(shapes).info
+    model = mnc_tf.MNC(info.num_classes, backbone="tiny", num_stages=3, config=config)
+    model.save(tmp_path / "tiny.keras")
+    out = tmp_path / "metrics.json"
+    argv = [
+        "--model", str(tmp_path / "tiny.keras"), "--annotations", shapes.annotation_file,
+        "--images", shapes.image_dir, "--max-images", "2", "--out", str(out),
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    saved = json.loads(out.read_text())
+    assert (saved["short_side"], saved["max_side"], saved["mask_threshold"]) == (64, 80, 0.4)
+    assert "shorter side 64 px, longer side <= 80 px (as the model was trained)" in (
+        capsys.readouterr().out
+    )
