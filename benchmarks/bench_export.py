@@ -13,7 +13,12 @@ Prints one JSON object:
   - ``model_function_reference``: the same with the stock-op RoI warping the export uses;
   - ``serving_image_tensor``: the export's uint8 signature, loaded with
     ``tf.saved_model.load`` — *includes* the resize and the box mapping;
-  - ``serving_default``: the export's encoded-bytes signature (adds JPEG decoding).
+  - ``serving_default``: the export's encoded-bytes signature (adds JPEG decoding);
+  - ``session_loader_image_tensor`` / ``session_loader_default``: the same two signatures in
+    TensorFlow's Session loader (the loader TF Serving uses), through the C API in a process
+    without Python (``tools/saved_model_loader_check.c``; ``TF_SessionRun`` wall-clock time,
+    median after ``--warmup`` requests per signature; run after the in-process timings, not
+    interleaved with them). Skipped (``null``) when no C compiler is found.
 * ``overhead_pct``: ``serving_image_tensor`` relative to each baseline (target ≤ 10 %
   against ``predict``).
 * ``export_time_s``, ``saved_model_mb``.
@@ -63,6 +68,32 @@ def _block(outputs):
     # Materialise every output so lazy execution can't hide work.
     for value in tf.nest.flatten(outputs):
         np.asarray(value)
+
+
+def _session_loader_ms(version_dir, pixels, encoded, args, workdir):
+    """Median TF_SessionRun milliseconds per signature in the C-API Session loader."""
+    from mnc_tf.export import session_loader
+
+    names = {"serving_image_tensor": "image_tensor", "serving_default": "default"}
+    try:
+        binary = session_loader.build(workdir)
+    except RuntimeError as e:
+        print(f"session loader skipped: {str(e).splitlines()[0]}", flush=True)
+        return {f"session_loader_{n}": None for n in names.values()}
+    per_signature = args.warmup + args.iters
+    requests = [("serving_image_tensor", "images", pixels.numpy())] * per_signature + [
+        ("serving_default", "images", [encoded.numpy()[0]])
+    ] * per_signature
+    report, proc = session_loader.run(binary, version_dir, requests, workdir)
+    if proc.returncode != 0 or not all(r["ok"] for r in report["requests"]):
+        raise RuntimeError(
+            f"the Session loader failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
+    results = {}
+    for k, name in enumerate(names.values()):
+        timed = report["requests"][k * per_signature + args.warmup : (k + 1) * per_signature]
+        results[f"session_loader_{name}"] = statistics.median(r["ms"] for r in timed)
+    return results
 
 
 def main(argv=None):
@@ -126,6 +157,7 @@ def main(argv=None):
             "serving_default": lambda: _block(bytes_fn(images=encoded)),
         }
         results = _interleaved_median_ms(candidates, args.iters, args.warmup)
+        results.update(_session_loader_ms(version_dir, pixels, encoded, args, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -138,7 +170,7 @@ def main(argv=None):
         "num_classes": args.num_classes,
         "max_detections": config.max_detections,
         "iters": args.iters,
-        "latency_ms": {k: round(v, 2) for k, v in results.items()},
+        "latency_ms": {k: None if v is None else round(v, 2) for k, v in results.items()},
         "overhead_pct": {
             "vs_predict": round(100.0 * (serving / results["predict"] - 1.0), 1),
             "vs_model_function": round(100.0 * (serving / results["model_function"] - 1.0), 1),

@@ -29,7 +29,7 @@
  *
  *   loaded <dir> tags=serve signatures=<n>
  *   signature <key> method=<method> inputs: <key>=<tensor> <dtype> ... outputs: <key>=<tensor> ...
- *   request <i> <signature_key> OK
+ *   request <i> <signature_key> OK ms=<wall-clock milliseconds of TF_SessionRun>
  *   output <i> <output_key> <dtype> [d0,d1,...] <OUT_DIR>/<i>_<output_key>.bin first=<v0>,<v1>,...
  *   request <i> <signature_key> ERROR <TF_Code name> <message, newlines shown as " | ">
  *
@@ -37,10 +37,12 @@
  * Exit status: 0 when the model loaded and every request was read (requests may fail; that is
  * reported per request), 1 on a load failure or a malformed request file, 2 on usage errors.
  */
+#define _POSIX_C_SOURCE 199309L /* clock_gettime */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tensorflow/c/c_api.h"
 #include "tensorflow/c/tf_tstring.h"
@@ -409,10 +411,14 @@ int main(int argc, char **argv) {
         return 1;
       }
     }
+    struct timespec start, end;
+    clock_gettime(CLOCK_MONOTONIC, &start);
     TF_SessionRun(session, NULL, &feed, &input, 1, fetch, results, sig->num_outputs, NULL, 0,
                   NULL, status);
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    double ms = (end.tv_sec - start.tv_sec) * 1e3 + (end.tv_nsec - start.tv_nsec) * 1e-6;
     if (TF_GetCode(status) == TF_OK) {
-      printf("request %d %s OK\n", request, sig->key);
+      printf("request %d %s OK ms=%.3f\n", request, sig->key, ms);
       for (int j = 0; j < sig->num_outputs; ++j) {
         write_output(request, sig->outputs[j].key, results[j], out_dir);
         TF_DeleteTensor(results[j]);

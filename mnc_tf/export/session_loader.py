@@ -90,7 +90,8 @@ def run(binary, saved_model_dir, requests, work_dir, timeout=600):
     Returns:
       ``(report, proc)``: ``report = {"loaded": bool, "load_error": str | None,
       "signatures": {key: {"inputs": {k: (tensor, dtype)}, "outputs": {...}}},
-      "requests": [{"signature", "ok", "code", "message", "outputs": {key: ndarray}}]}``.
+      "requests": [{"signature", "ok", "ms", "code", "message", "outputs": {key: ndarray}}]}``
+      (``ms`` on success, ``code`` / ``message`` on failure).
     """
     out_dir = os.path.join(work_dir, "outputs")
     os.makedirs(out_dir, exist_ok=True)
@@ -135,6 +136,8 @@ def parse(stdout):
             if int(index) != len(report["requests"]):
                 raise ValueError(f"checker output out of order: {line!r}")
             entry = {"signature": signature, "ok": status == "OK", "outputs": {}}
+            if status == "OK" and message and message[0].startswith("ms="):
+                entry["ms"] = float(message[0][3:])  # TF_SessionRun's wall-clock time
             if status == "ERROR":
                 entry["code"] = message[0]
                 entry["message"] = message[1] if len(message) > 1 else ""
