@@ -18,6 +18,13 @@ The request / response helpers (``build_rest_request``, ``parse_rest_response``,
 (``render``) uses ``mnc_tf.visualize`` (pure TF/NumPy/OpenCV; it does not load the mnc_tf
 op library or the model code), so install ``mnc_tf`` on the client machine for that part.
 
+What is tested, against what: ``tests/export/test_serving_client.py`` checks this file's
+request building and response parsing against the export's own signatures run locally in
+Python, behind small stand-in HTTP / gRPC servers written in the test — those stand-ins are not
+TF Serving, and this client has not been run against a real TF Serving server in the tests.
+That the export runs in TF Serving's loader is checked separately, in TensorFlow's C-API
+Session loader (``tests/export/test_session_loader.py``; see docs/serving.md).
+
 Signatures (see ``mnc_tf.export.serving``): ``serving_default`` takes encoded image bytes
 (input ``images``, sent as ``{"b64": ...}`` over REST), ``serving_image_tensor`` takes uint8
 ``[B, H, W, 3]`` images (input ``images``; nested lists over REST, so prefer the encoded
