@@ -217,3 +217,19 @@ def test_mnc_fit_on_a_dataset_does_not_warn_about_shuffle(tmp_path):
         warnings.simplefilter("always")
         model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)
     assert not [w for w in caught if "shuffle" in str(w.message)]
+
+
+def test_best_model_metric_line_only_when_an_evaluation_lacks_it(tmp_path, caplog):
+    from mnc_tf.training.checkpoints import BestModelCheckpoint
+
+    best = BestModelCheckpoint(str(tmp_path / "best.keras"), monitor="mAP_r@0.5", mode="max")
+    with caplog.at_level(logging.DEBUG, logger="mnc_tf.training"):
+        for epoch in range(3):  # epochs without evaluation: nothing to say
+            best.on_epoch_end(epoch, {"loss": 1.0, "mask_loss": 0.5})
+    assert not caplog.records
+    misspelt = BestModelCheckpoint(str(tmp_path / "b.keras"), monitor="mAP_r@0.55", mode="max")
+    with caplog.at_level(logging.DEBUG, logger="mnc_tf.training"):
+        for epoch in range(3):
+            misspelt.on_epoch_end(epoch, {"loss": 1.0, "mAP_r@0.5": 0.5, "segm/AP": 0.4})
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "'mAP_r@0.55' not in the evaluation's metrics" in caplog.records[0].getMessage()

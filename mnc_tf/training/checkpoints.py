@@ -555,11 +555,13 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.monitor not in logs:
-            if not self._warned:
-                # Normal on epochs without evaluation; a typo in best_metric shows up here.
-                logger.info(
-                    "best-model metric %r not in this epoch's logs (have: %s); the best model "
-                    "is only checked on epochs that report it",
+            # Normal on epochs without evaluation (only losses in the logs); on an evaluated
+            # epoch it means train.best_metric names no metric: say so, once.
+            evaluated = any("/" in k or k.startswith("mAP") for k in logs)
+            if evaluated and not self._warned:
+                logger.warning(
+                    "best-model metric %r not in the evaluation's metrics (have: %s); "
+                    "best.keras is not updated",
                     self.monitor,
                     ", ".join(sorted(logs)),
                 )
