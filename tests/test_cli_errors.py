@@ -189,6 +189,8 @@ def test_predict_out_is_a_file_and_thresholds_out_of_range(files):
     assert_one_line_error(result, "mnc-predict", "--mask-threshold", "(0, 1)", "1.5")
     result = run_cli("mnc-predict", photo, "--model", files / "notzip.keras", "--out", files / "o")
     assert_one_line_error(result, "mnc-predict", "--model", "not a zip archive")
+    result = run_cli("mnc-predict", photo, "--model", files / "plain.keras", "--out", files / "o")
+    assert_one_line_error(result, "mnc-predict", "--model", "expected an MNC model", "Sequential")
     assert not (files / "o").exists()
 
 
@@ -212,6 +214,8 @@ def _unwritable_out(tmp_path):
 def test_export_out_unwritable_or_a_file_and_plain_model(files, tmp_path):
     result = run_cli("mnc-export", "--model", files / "mnc.keras", "--out", files / "notes.txt")
     assert_one_line_error(result, "mnc-export", "--out", "expected a directory", "notes.txt")
+    result = run_cli("mnc-export", "--model", files / "a_dir", "--out", tmp_path / "e")
+    assert_one_line_error(result, "mnc-export", "--model", "expected a .keras file", "directory")
     out = _unwritable_out(tmp_path)
     result = run_cli("mnc-export", "--model", files / "mnc.keras", "--out", out)
     assert_one_line_error(result, "mnc-export", "--out", "mnc_tf_cli_test" if "/sys" in out else "")
