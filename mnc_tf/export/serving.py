@@ -218,7 +218,9 @@ def _sniff(encoded):
       (zero-padded); int64 ``[B]`` height and width from PNG / GIF / BMP headers, -1 where the
       header was not read.
     """
-    padded = tf.strings.join([encoded, tf.fill(tf.shape(encoded), b"\x00" * _HEADER_BYTES)])
+    # The first bytes only (substr stops at the end of a shorter string), zero-padded.
+    head = tf.strings.substr(encoded, 0, _HEADER_BYTES)
+    padded = tf.strings.join([head, tf.fill(tf.shape(encoded), b"\x00" * _HEADER_BYTES)])
     head = tf.io.decode_raw(tf.strings.substr(padded, 0, _HEADER_BYTES), tf.uint8)
 
     def starts_with(magic, offset=0):
@@ -457,7 +459,9 @@ def build_serving_functions(model):
     }
 
 
-def export_serving(model, export_dir, version=1, *, overwrite=False, roi_warp="reference"):
+def export_serving(
+    model, export_dir, version=1, *, overwrite=False, roi_warp="reference", precision="float32"
+):
     """Write ``model``'s full inference pipeline as a SavedModel for TF Serving.
 
     The SavedModel lands in ``export_dir/<version>/`` (see the module docstring for the
@@ -474,6 +478,9 @@ def export_serving(model, export_dir, version=1, *, overwrite=False, roi_warp="r
       overwrite: replace an existing ``export_dir/<version>``; otherwise that is an error.
       roi_warp: RoI warping implementation traced into the graph. Keep ``"reference"``
         (stock ops) for anything that must load without the ``mnc_tf`` op library.
+      precision: ``"float32"``, ``"bfloat16"`` or ``"float16"``: the dtype the exported
+        graph computes in, with its variables stored in it
+        (:func:`mnc_tf.precision.with_precision`); inputs and outputs are unchanged.
 
     Returns:
       The path of the written version directory.
@@ -494,8 +501,17 @@ def export_serving(model, export_dir, version=1, *, overwrite=False, roi_warp="r
             f"export_dir: {target} already exists; pass overwrite=True (mnc-export --overwrite) "
             "or choose another version"
         )
+    from mnc_tf.precision import check_precision, with_precision
+
+    check_precision(precision)
     category_ids, class_names = label_map(model)
     short_side, max_side = _preprocess_config(model)
+    from mnc_tf.modeling.mnc import MNC
+
+    if isinstance(model, MNC):
+        model = with_precision(model, precision)
+    elif precision != "float32":
+        raise ValueError(f"precision: {precision!r} needs an mnc_tf.MNC model")
     functions = build_serving_functions(model)
     os.makedirs(export_dir, exist_ok=True)
     # Hidden, non-integer name: TF Serving only loads integer sub-directories.
@@ -518,6 +534,7 @@ def export_serving(model, export_dir, version=1, *, overwrite=False, roi_warp="r
                     "mask_threshold": getattr(model.config, "mask_binarize_threshold", 0.4),
                     # Detections to draw / write by default (MNCConfig.predict_score_threshold).
                     "score_threshold": getattr(model.config, "predict_score_threshold", 0.5),
+                    "precision": precision,
                     "category_ids": category_ids,
                     "class_names": class_names,
                     "signatures": list(SIGNATURES),
