@@ -8,6 +8,14 @@
 // input-image pixels), box_indices [R], output / argmax [R, P, P, C] with
 // P = pooled, grad_features [B, H, W, C].
 //
+// Feature storage: float, or 16-bit bfloat16 / float16 (Bfloat16Bits /
+// HalfBits below: raw bit patterns, so this file needs no TensorFlow or Eigen
+// types). 16-bit features and gradients are widened to float exactly on
+// load, every sampling, pooling and gradient computation is the float code,
+// and results are rounded to the storage type (to nearest even) only when
+// stored; the feature gradient is accumulated in a float buffer. So the
+// 16-bit op equals the float op on the widened inputs, rounded once.
+//
 // Channels are processed kLanes at a time in GCC/Clang vector types: for one
 // output cell and one group of channels, the whole pooling window is reduced
 // in registers, so the running max, its argmax and the routed gradient never
@@ -60,6 +68,151 @@ inline void StoreVec(float* p, Vec v, int n) {
   }
 }
 
+// 16-bit feature storage types (bit patterns; layout-compatible with
+// Eigen::bfloat16 / Eigen::half, which the TF kernels reinterpret).
+struct Bfloat16Bits {
+  uint16_t bits;
+};
+struct HalfBits {
+  uint16_t bits;
+};
+static_assert(sizeof(Bfloat16Bits) == 2 && sizeof(HalfBits) == 2, "16-bit storage types");
+
+typedef uint16_t U16Vec __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+typedef uint16_t UnalignedU16Vec __attribute__((vector_size(kLanes * sizeof(uint16_t)), aligned(2),
+                                                may_alias));
+typedef uint32_t UIntVec __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+
+inline U16Vec LoadBits(const uint16_t* p, int n) {
+  U16Vec h = {};
+  if (__builtin_expect(n == kLanes, 1)) {
+    h = *reinterpret_cast<const UnalignedU16Vec*>(p);
+  } else {
+    for (int i = 0; i < n; ++i) h[i] = p[i];
+  }
+  return h;
+}
+inline void StoreBits(uint16_t* p, U16Vec h, int n) {
+  if (__builtin_expect(n == kLanes, 1)) {
+    *reinterpret_cast<UnalignedU16Vec*>(p) = h;
+  } else {
+    for (int i = 0; i < n; ++i) p[i] = h[i];
+  }
+}
+
+// bfloat16 is the high half of a float: widening puts its bits above 16 zero
+// bits. (With AVX but no AVX2 the generic vector code is split into scalar
+// work by GCC; the SSE intrinsics keep it at a few instructions.)
+inline Vec LoadVec(const Bfloat16Bits* p, int n) {
+#if defined(__AVX__)
+  U16Vec h = LoadBits(&p->bits, n);
+  const __m128i x = reinterpret_cast<__m128i>(h);
+  const __m128i zero = _mm_setzero_si128();
+  const __m256i u = _mm256_set_m128i(_mm_unpackhi_epi16(zero, x), _mm_unpacklo_epi16(zero, x));
+  return reinterpret_cast<Vec>(_mm256_castsi256_ps(u));
+#else
+  const UIntVec u = __builtin_convertvector(LoadBits(&p->bits, n), UIntVec) << 16;
+  return reinterpret_cast<Vec>(u);
+#endif
+}
+// Round to nearest even (Eigen's / TensorFlow's cast); NaN stays a quiet NaN.
+#if defined(__AVX__)
+inline __m128i RoundToBfloat16(__m128i u) {
+  const __m128i odd = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
+  const __m128i rounded =
+      _mm_srli_epi32(_mm_add_epi32(u, _mm_add_epi32(_mm_set1_epi32(0x7fff), odd)), 16);
+  const __m128i quiet_nan = _mm_or_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(0x40));
+  const __m128i is_nan = _mm_cmpgt_epi32(_mm_and_si128(u, _mm_set1_epi32(0x7fffffff)),
+                                         _mm_set1_epi32(0x7f800000));
+  return _mm_blendv_epi8(rounded, quiet_nan, is_nan);
+}
+#endif
+inline void StoreVec(Bfloat16Bits* p, Vec v, int n) {
+#if defined(__AVX__)
+  const __m256i u = _mm256_castps_si256(reinterpret_cast<__m256>(v));
+  const __m128i lo = RoundToBfloat16(_mm256_castsi256_si128(u));
+  const __m128i hi = RoundToBfloat16(_mm256_extractf128_si256(u, 1));
+  StoreBits(&p->bits, reinterpret_cast<U16Vec>(_mm_packus_epi32(lo, hi)), n);
+#else
+  const UIntVec u = reinterpret_cast<UIntVec>(v);
+  const UIntVec rounded = (u + (0x7fffu + ((u >> 16) & 1u))) >> 16;
+  const UIntVec quiet_nan = (u >> 16) | 0x40u;
+  const UIntVec bits = (u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded;
+  StoreBits(&p->bits, __builtin_convertvector(bits, U16Vec), n);
+#endif
+}
+
+// IEEE float16 <-> float, scalar and exact (F. Giesen's conversions; subnormals,
+// infinities and NaN included; float -> half rounds to nearest even).
+inline float HalfToFloat(uint16_t h) {
+  const uint32_t shifted_exp = 0x7c00u << 13;
+  uint32_t o = (h & 0x7fffu) << 13;
+  const uint32_t exp = shifted_exp & o;
+  o += (127u - 15u) << 23;
+  float f;
+  if (exp == shifted_exp) {
+    o += (128u - 16u) << 23;  // Inf / NaN
+    std::memcpy(&f, &o, 4);
+  } else if (exp == 0) {
+    o += 1u << 23;  // zero / subnormal: renormalise through float arithmetic
+    std::memcpy(&f, &o, 4);
+    const uint32_t magic_bits = 113u << 23;
+    float magic;
+    std::memcpy(&magic, &magic_bits, 4);
+    f -= magic;
+  } else {
+    std::memcpy(&f, &o, 4);
+  }
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  bits |= static_cast<uint32_t>(h & 0x8000u) << 16;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline uint16_t FloatToHalf(float value) {
+  uint32_t f;
+  std::memcpy(&f, &value, 4);
+  const uint32_t sign = f & 0x80000000u;
+  f ^= sign;
+  uint32_t o;
+  if (f >= (143u << 23)) {  // overflow to Inf, or Inf / NaN
+    o = f > (255u << 23) ? 0x7e00u : 0x7c00u;
+  } else if (f < (113u << 23)) {  // subnormal half (or zero)
+    const uint32_t magic_bits = 126u << 23;
+    float magic, x;
+    std::memcpy(&magic, &magic_bits, 4);
+    std::memcpy(&x, &f, 4);
+    x += magic;
+    std::memcpy(&o, &x, 4);
+    o -= magic_bits;
+  } else {
+    const uint32_t mant_odd = (f >> 13) & 1u;
+    f += (static_cast<uint32_t>(15 - 127) << 23) + 0xfffu;
+    f += mant_odd;
+    o = f >> 13;
+  }
+  return static_cast<uint16_t>(o | (sign >> 16));
+}
+inline Vec LoadVec(const HalfBits* p, int n) {
+  Vec v = {};
+  for (int i = 0; i < n; ++i) v[i] = HalfToFloat(p[i].bits);
+  return v;
+}
+inline void StoreVec(HalfBits* p, Vec v, int n) {
+  for (int i = 0; i < n; ++i) p[i].bits = FloatToHalf(v[i]);
+}
+
+// Converts n values between storage types (16-bit <-> float), kLanes at a time.
+template <typename TSrc, typename TDst>
+inline void ConvertValues(const TSrc* src, int64_t n, TDst* dst) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) StoreVec(dst + i, LoadVec(src + i, kLanes), kLanes);
+  if (i < n) {
+    const int rest = static_cast<int>(n - i);
+    StoreVec(dst + i, LoadVec(src + i, rest), rest);
+  }
+}
+
 // Sample geometry of one box along y (ys[crop]) and x (xs[crop]).
 inline void BoxAxes(const float* box, const WarpDims& d, AxisSample* ys, AxisSample* xs) {
   const int h = static_cast<int>(d.height);
@@ -108,11 +261,12 @@ inline void WindowSamples(const AxisSample* ys, const AxisSample* xs, int k, int
 
 // Corner pointers and broadcast weights of one pooling-window sample for the
 // forward; samples outside the map point at a row of zeros.
+template <typename T>
 struct SamplePtrs {
-  const float* tl;
-  const float* tr;
-  const float* bl;
-  const float* br;
+  const T* tl;
+  const T* tr;
+  const T* bl;
+  const T* br;
   Vec y_lerp;
   Vec x_lerp;
 };
@@ -140,13 +294,13 @@ inline void StoreSlots(uint8_t* p, Vec slots, int n) {
 
 // Channels [c, c + n) of one output cell of any window size: max over the
 // window's samples and the slot of the first maximum. kN > 0 fixes n.
-template <int kN>
-inline void ForwardCellLanes(const SamplePtrs* win, int slots, int64_t c, int n, float* out,
+template <int kN, typename T, typename TOut>
+inline void ForwardCellLanes(const SamplePtrs<T>* win, int slots, int64_t c, int n, TOut* out,
                              uint8_t* arg) {
   const int lanes = kN > 0 ? kN : n;
   Vec best = {}, best_slot = {};
   for (int slot = 0; slot < slots; ++slot) {
-    const SamplePtrs& s = win[slot];
+    const SamplePtrs<T>& s = win[slot];
     const Vec v = BilinearVec(LoadVec(s.tl + c, lanes), LoadVec(s.tr + c, lanes),
                               LoadVec(s.bl + c, lanes), LoadVec(s.br + c, lanes), s.y_lerp,
                               s.x_lerp);
@@ -162,7 +316,8 @@ inline void ForwardCellLanes(const SamplePtrs* win, int slots, int64_t c, int n,
   StoreSlots(arg + c, best_slot, lanes);
 }
 
-inline void ForwardCell(const SamplePtrs* win, int slots, int64_t C, float* out, uint8_t* arg) {
+template <typename T, typename TOut>
+inline void ForwardCell(const SamplePtrs<T>* win, int slots, int64_t C, TOut* out, uint8_t* arg) {
   int64_t c = 0;
   for (; c + kLanes <= C; c += kLanes) {
     ForwardCellLanes<kLanes>(win, slots, c, kLanes, out, arg);
@@ -174,15 +329,15 @@ inline void ForwardCell(const SamplePtrs* win, int slots, int64_t C, float* out,
 // loads per channel group address through 4 row pointers and 4 column
 // offsets (no register spills). Samples outside the map read pixel 0 and are
 // zeroed by an all-zero mask (kMasked), so no branch remains in the loop.
-template <bool kMasked, int kN>
-inline void ForwardCell2x2Lanes(const float* const rows[2][2], const int64_t cols[2][2],
+template <bool kMasked, int kN, typename T, typename TOut>
+inline void ForwardCell2x2Lanes(const T* const rows[2][2], const int64_t cols[2][2],
                                 const Vec y_lerp[2], const Vec x_lerp[2], const Vec mask[4],
-                                int64_t c, int n, float* out, uint8_t* arg) {
+                                int64_t c, int n, TOut* out, uint8_t* arg) {
   const int lanes = kN > 0 ? kN : n;
   Vec v[4];
   for (int a = 0; a < 2; ++a) {
-    const float* top = rows[a][0] + c;
-    const float* bottom = rows[a][1] + c;
+    const T* top = rows[a][0] + c;
+    const T* bottom = rows[a][1] + c;
     for (int b = 0; b < 2; ++b) {
       v[a * 2 + b] = BilinearVec(LoadVec(top + cols[b][0], lanes), LoadVec(top + cols[b][1], lanes),
                                  LoadVec(bottom + cols[b][0], lanes),
@@ -203,10 +358,10 @@ inline void ForwardCell2x2Lanes(const float* const rows[2][2], const int64_t col
   StoreSlots(arg + c, best_slot, lanes);
 }
 
-template <bool kMasked>
-inline void ForwardCell2x2(const float* image, const AxisSample* ay, const AxisSample* ax,
-                           int64_t W, int64_t C, float* out, uint8_t* arg) {
-  const float* rows[2][2];
+template <bool kMasked, typename T, typename TOut>
+inline void ForwardCell2x2(const T* image, const AxisSample* ay, const AxisSample* ax, int64_t W,
+                           int64_t C, TOut* out, uint8_t* arg) {
+  const T* rows[2][2];
   int64_t cols[2][2];
   Vec y_lerp[2], x_lerp[2], mask[4];
   for (int a = 0; a < 2; ++a) {
@@ -237,17 +392,20 @@ inline void ForwardCell2x2(const float* image, const AxisSample* ay, const AxisS
 // each max. Slot 0 initialises and later slots replace only on strictly
 // greater values, so ties keep the first slot in row-major order, as
 // max_pool2d does. Samples outside the map have value 0.
-inline void ForwardBoxes(const float* features, const float* boxes, const int32_t* box_indices,
-                         const WarpDims& d, int64_t begin, int64_t end, float* output,
+// T: the features' storage type, TOut: the output's (16-bit features are read
+// fastest widened to a float copy first: TF kernel, T = float, TOut = 16-bit).
+template <typename T, typename TOut>
+inline void ForwardBoxes(const T* features, const float* boxes, const int32_t* box_indices,
+                         const WarpDims& d, int64_t begin, int64_t end, TOut* output,
                          uint8_t* argmax) {
   const int k = d.window(), slots = k * k;
   const int64_t P = d.pooled, W = d.width, C = d.channels;
   std::vector<AxisSample> ys(d.crop), xs(d.crop);
-  std::vector<SamplePtrs> window(slots);
-  const std::vector<float> zeros(C, 0.f);
+  std::vector<SamplePtrs<T>> window(slots);
+  const std::vector<T> zeros(C, T{});  // all-zero bits: 0.0 in every storage type
   for (int64_t r = begin; r < end; ++r) {
     BoxAxes(boxes + 4 * r, d, ys.data(), xs.data());
-    const float* image = features + box_indices[r] * d.height * W * C;
+    const T* image = features + box_indices[r] * d.height * W * C;
     for (int64_t py = 0; py < P; ++py) {
       for (int64_t px = 0; px < P; ++px) {
         const int64_t cell = ((r * P + py) * P + px) * C;
@@ -265,7 +423,7 @@ inline void ForwardBoxes(const float* features, const float* boxes, const int32_
           const AxisSample& ay = ys[py * k + wy];
           for (int wx = 0; wx < k; ++wx) {
             const AxisSample& ax = xs[px * k + wx];
-            SamplePtrs& s = window[wy * k + wx];
+            SamplePtrs<T>& s = window[wy * k + wx];
             if (ay.valid && ax.valid) {
               s.tl = image + (ay.lo * W + ax.lo) * C;
               s.tr = image + (ay.lo * W + ax.hi) * C;
@@ -298,7 +456,8 @@ inline int64_t ChannelGroups(const WarpDims& d) { return (d.channels + kLanes - 
 // the share of d loss / d (y1n, x1n, y2n, x2n) of box r from channel group
 // g to box_partial[(r * ChannelGroups(d) + g) * 4 + j]; the caller sums the
 // shares in a fixed order, so the result is deterministic.
-inline void BackwardImageChannels(const float* grads, const float* features, const float* boxes,
+template <typename TGrad, typename T>
+inline void BackwardImageChannels(const TGrad* grads, const T* features, const float* boxes,
                                   const uint8_t* argmax, const WarpDims& d, int64_t b,
                                   const int64_t* box_list, int64_t num_listed, int64_t c0,
                                   int64_t c1, float* grad_features, double* box_partial) {
@@ -309,7 +468,7 @@ inline void BackwardImageChannels(const float* grads, const float* features, con
   for (int64_t p = 0; p < H * W; ++p) {
     std::memset(grad_image + p * C + c0, 0, (c1 - c0) * sizeof(float));
   }
-  const float* image = features + b * H * W * C;
+  const T* image = features + b * H * W * C;
   std::vector<AxisSample> ys(d.crop), xs(d.crop);
   std::vector<WindowSample> window(slots);
   // Per channel group: d loss / d (y1n, x1n, y2n, x2n), one lane per channel.
@@ -334,7 +493,7 @@ inline void BackwardImageChannels(const float* grads, const float* features, con
             // Outside samples are the constant 0: no gradient to anything.
             if (!s.valid) continue;
             const Vec g = slot_of_max == static_cast<float>(slot) ? grad : Vec{};
-            const float* at = image + c;
+            const T* at = image + c;
             float* grad_at = grad_image + c;
             const Vec tl = LoadVec(at + s.tl, n), tr = LoadVec(at + s.tr, n);
             const Vec bl = LoadVec(at + s.bl, n), br = LoadVec(at + s.br, n);

@@ -19,6 +19,7 @@
 // zero for samples outside the map (constant 0) -- crop_and_resize's choices.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -44,6 +45,31 @@ using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
+
+// The storage type roi_warp_cpu.h computes on for a TensorFlow dtype: float,
+// or the bit patterns of Eigen::bfloat16 / Eigen::half (2 bytes each).
+template <typename T>
+struct Storage {
+  using type = T;
+};
+template <>
+struct Storage<Eigen::bfloat16> {
+  using type = Bfloat16Bits;
+};
+template <>
+struct Storage<Eigen::half> {
+  using type = HalfBits;
+};
+static_assert(sizeof(Eigen::bfloat16) == 2 && sizeof(Eigen::half) == 2, "16-bit dtypes");
+
+template <typename T>
+const typename Storage<T>::type* Data(const Tensor& t) {
+  return reinterpret_cast<const typename Storage<T>::type*>(t.flat<T>().data());
+}
+template <typename T>
+typename Storage<T>::type* MutableData(Tensor* t) {
+  return reinterpret_cast<typename Storage<T>::type*>(t->flat<T>().data());
+}
 
 // Attributes and input checks shared by all kernels.
 class RoiWarpKernelBase : public OpKernel {
@@ -96,6 +122,35 @@ class RoiWarpKernelBase : public OpKernel {
   float spatial_scale_ = 0.f;
 };
 
+// The features as float: the tensor's own data for float, else a widened copy
+// in `scratch` (exact; converted in parallel). Sets the context's status on
+// allocation failure (the caller returns).
+template <typename T>
+const float* WidenedFeatures(OpKernelContext* ctx, const Tensor& features, Tensor* scratch) {
+  if constexpr (std::is_same<T, float>::value) {
+    return features.flat<float>().data();
+  } else {
+    const absl::Status status =
+        ctx->allocate_temp(tensorflow::DT_FLOAT, features.shape(), scratch);
+    if (!status.ok()) {
+      ctx->SetStatus(status);
+      return nullptr;
+    }
+    const int64_t total = features.NumElements();
+    const auto* src = Data<T>(features);
+    float* dst = scratch->flat<float>().data();
+    const auto& threads = *ctx->device()->tensorflow_cpu_worker_threads();
+    tensorflow::Shard(threads.num_threads, threads.workers, total / 4096 + 1, 4096 * 4,
+                      [&](int64_t begin, int64_t end) {
+                        const int64_t lo = begin * 4096, hi = std::min(total, end * 4096);
+                        if (lo < hi) ConvertValues(src + lo, hi - lo, dst + lo);
+                      });
+    return dst;
+  }
+}
+
+// T: the features' / output's dtype (float, bfloat16, half); sampling math in float.
+template <typename T>
 class RoiWarpCpuOp : public RoiWarpKernelBase {
  public:
   using RoiWarpKernelBase::RoiWarpKernelBase;
@@ -112,14 +167,18 @@ class RoiWarpCpuOp : public RoiWarpKernelBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, PooledShape(d), &argmax));
     if (output->NumElements() == 0) return;
 
-    const float* f = features.flat<float>().data();
     const float* b = boxes.flat<float>().data();
     const int32_t* idx = box_indices.flat<int32_t>().data();
-    float* out = output->flat<float>().data();
+    auto* out = MutableData<T>(output);
+    const auto& threads = *ctx->device()->tensorflow_cpu_worker_threads();
+    // 16-bit features: widened once into a float copy (the map is read ~4 times per
+    // sample; it is small next to the [R, P, P, C] output, which is written as T).
+    Tensor widened;
+    const float* f = WidenedFeatures<T>(ctx, features, &widened);
+    if (!ctx->status().ok()) return;
     uint8_t* arg = argmax->flat<uint8_t>().data();
     // ~10 cycles per (sample, channel): 4 loads, 6 flops, compare, 2 selects.
     const int64_t cost_per_box = int64_t{10} * crop_ * crop_ * d.channels;
-    const auto& threads = *ctx->device()->tensorflow_cpu_worker_threads();
     tensorflow::Shard(threads.num_threads, threads.workers, d.num_boxes, cost_per_box,
                       [&](int64_t begin, int64_t end) {
                         ForwardBoxes(f, b, idx, d, begin, end, out, arg);
@@ -127,6 +186,9 @@ class RoiWarpCpuOp : public RoiWarpKernelBase {
   }
 };
 
+// T as RoiWarpCpuOp: grads, features and grad_features; the feature gradient
+// is accumulated in float (a temporary buffer for 16-bit T) and rounded once.
+template <typename T>
 class RoiWarpGradCpuOp : public RoiWarpKernelBase {
  public:
   using RoiWarpKernelBase::RoiWarpKernelBase;
@@ -164,11 +226,19 @@ class RoiWarpGradCpuOp : public RoiWarpKernelBase {
     const int64_t ranges = std::clamp<int64_t>(per_image, 1, std::max<int64_t>(groups, 1));
     const int64_t range_channels = (groups + ranges - 1) / ranges * kLanes;
     std::vector<double> partial(d.num_boxes * groups * 4, 0.);
-    const float* g = grads.flat<float>().data();
-    const float* f = features.flat<float>().data();
+    const auto* g = Data<T>(grads);
+    Tensor widened;
+    const float* f = WidenedFeatures<T>(ctx, features, &widened);
+    if (!ctx->status().ok()) return;
     const float* b = boxes.flat<float>().data();
     const uint8_t* arg = argmax.flat<uint8_t>().data();
-    float* gf = grad_features->flat<float>().data();
+    constexpr bool kFloat = std::is_same<T, float>::value;
+    Tensor accumulator;
+    if (!kFloat) {
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, features.shape(), &accumulator));
+    }
+    float* gf = kFloat ? reinterpret_cast<float*>(grad_features->flat<T>().data())
+                       : accumulator.flat<float>().data();
     const int64_t boxes_per_image = d.batch > 0 ? d.num_boxes / d.batch + 1 : 0;
     // ~40 cycles per (sample, channel): 4 loads, 4 read-modify-writes, ~20 flops.
     const int64_t cost_per_unit = int64_t{40} * boxes_per_image * crop_ * crop_ * range_channels +
@@ -187,11 +257,27 @@ class RoiWarpGradCpuOp : public RoiWarpKernelBase {
                         }
                       });
     ReduceBoxGrad(partial.data(), d, grad_boxes->flat<float>().data());
+    if (!kFloat && grad_features->NumElements() > 0) {
+      const int64_t total = grad_features->NumElements();
+      auto* out = MutableData<T>(grad_features);
+      tensorflow::Shard(threads.num_threads, threads.workers, total / 4096 + 1, 4096 * 4,
+                        [&](int64_t begin, int64_t end) {
+                          const int64_t lo = begin * 4096, hi = std::min(total, end * 4096);
+                          if (lo < hi) ConvertValues(gf + lo, hi - lo, out + lo);
+                        });
+    }
   }
 };
 
-REGISTER_KERNEL_BUILDER(Name("MncRoiWarp").Device(DEVICE_CPU), RoiWarpCpuOp);
-REGISTER_KERNEL_BUILDER(Name("MncRoiWarpGrad").Device(DEVICE_CPU), RoiWarpGradCpuOp);
+#define MNC_REGISTER_CPU(T)                                                                  \
+  REGISTER_KERNEL_BUILDER(Name("MncRoiWarp").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
+                          RoiWarpCpuOp<T>);                                                  \
+  REGISTER_KERNEL_BUILDER(Name("MncRoiWarpGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+                          RoiWarpGradCpuOp<T>);
+MNC_REGISTER_CPU(float)
+MNC_REGISTER_CPU(Eigen::bfloat16)
+MNC_REGISTER_CPU(Eigen::half)
+#undef MNC_REGISTER_CPU
 
 #if GOOGLE_CUDA
 
@@ -279,10 +365,15 @@ class RoiWarpGradGpuOp : public RoiWarpKernelBase {
 // boxes and box_indices stay in host memory: they are validated there (finite,
 // in range) before anything reads the feature map.
 REGISTER_KERNEL_BUILDER(
-    Name("MncRoiWarp").Device(DEVICE_GPU).HostMemory("boxes").HostMemory("box_indices"),
+    Name("MncRoiWarp").Device(DEVICE_GPU).TypeConstraint<float>("T").HostMemory("boxes").HostMemory(
+        "box_indices"),
     RoiWarpGpuOp);
 REGISTER_KERNEL_BUILDER(
-    Name("MncRoiWarpGrad").Device(DEVICE_GPU).HostMemory("boxes").HostMemory("box_indices"),
+    Name("MncRoiWarpGrad")
+        .Device(DEVICE_GPU)
+        .TypeConstraint<float>("T")
+        .HostMemory("boxes")
+        .HostMemory("box_indices"),
     RoiWarpGradGpuOp);
 
 #endif  // GOOGLE_CUDA

@@ -92,11 +92,12 @@ absl::Status RoiWarpGradShape(InferenceContext* c) {
 }  // namespace
 
 REGISTER_OP("MncRoiWarp")
-    .Input("features: float")
+    .Input("features: T")
     .Input("boxes: float")
     .Input("box_indices: int32")
-    .Output("output: float")
+    .Output("output: T")
     .Output("argmax: uint8")
+    .Attr("T: {float, bfloat16, half} = DT_FLOAT")
     .Attr("crop_size: int = 28")
     .Attr("pooled_size: int = 14")
     .Attr("spatial_scale: float = 0.0625")
@@ -105,7 +106,9 @@ REGISTER_OP("MncRoiWarp")
 RoI warping (MNC): bilinear crop of each box to crop_size x crop_size, then
 max-pool to pooled_size x pooled_size.
 
-features: [B, H, W, C] feature map.
+features: [B, H, W, C] feature map (float, bfloat16 or half; the CUDA kernels
+  take float). 16-bit features are widened exactly, sampled and pooled in
+  float, and the output is rounded to T.
 boxes: [R, 4] boxes y1, x1, y2, x2 in input-image pixels (feature pixel =
   image pixel * spatial_scale).
 box_indices: [R] image of each box, in [0, B).
@@ -115,13 +118,14 @@ argmax: [R, pooled_size, pooled_size, C] slot (wy * k + wx, k = crop/pooled)
 )doc");
 
 REGISTER_OP("MncRoiWarpGrad")
-    .Input("grads: float")
-    .Input("features: float")
+    .Input("grads: T")
+    .Input("features: T")
     .Input("boxes: float")
     .Input("box_indices: int32")
     .Input("argmax: uint8")
-    .Output("grad_features: float")
+    .Output("grad_features: T")
     .Output("grad_boxes: float")
+    .Attr("T: {float, bfloat16, half} = DT_FLOAT")
     .Attr("crop_size: int = 28")
     .Attr("pooled_size: int = 14")
     .Attr("spatial_scale: float = 0.0625")
@@ -131,7 +135,7 @@ Gradient of MncRoiWarp w.r.t. features and boxes (box_indices has none).
 
 grads: [R, pooled_size, pooled_size, C] gradient w.r.t. MncRoiWarp's output.
 argmax: MncRoiWarp's second output.
-grad_features: [B, H, W, C].
+grad_features: [B, H, W, C], accumulated in float and rounded to T once.
 grad_boxes: [R, 4], w.r.t. the pixel coordinates y1, x1, y2, x2.
 )doc");
 

@@ -37,6 +37,12 @@ def _parser():
     parser.add_argument("--version", type=int, default=1, help="version number (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/VERSION")
     parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="precision the SavedModel computes in (outputs stay float32; default float32)",
+    )
+    parser.add_argument(
         "--verbose",
         action="store_true",
         help="show TensorFlow's C++ log lines and DEBUG log records",
@@ -84,7 +90,13 @@ def main(argv=None):
         return 2
     start = time.perf_counter()
     try:
-        path = export_serving(model, args.out, version=args.version, overwrite=args.overwrite)
+        path = export_serving(
+            model,
+            args.out,
+            version=args.version,
+            overwrite=args.overwrite,
+            precision=args.precision,
+        )
     except (FileExistsError, ValueError) as e:
         _error(str(e))
         return 2

@@ -64,6 +64,12 @@ def _parser():
         help="mask binarisation threshold, in (0, 1) (default: the model's, 0.4)",
     )
     parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="compute precision of a .keras model (default: the model's own; docs/precision.md)",
+    )
+    parser.add_argument(
         "--verbose",
         action="store_true",
         help="show TensorFlow's C++ log lines and DEBUG log records",
@@ -143,7 +149,17 @@ def main(argv=None):
 
     try:
         if os.path.isfile(args.model):  # a .keras file: an MNC model, or a one-line error
-            predictor = Predictor.from_keras_model(load_mnc_model(args.model), source=args.model)
+            model = load_mnc_model(args.model)
+            if args.precision is not None:
+                from mnc_tf.precision import with_precision
+
+                model = with_precision(model, args.precision)
+            predictor = Predictor.from_keras_model(model, source=args.model)
+        elif args.precision is not None:
+            raise UsageError(
+                "--precision: applies to a .keras model; a SavedModel computes in the "
+                "precision it was exported with (mnc-export --precision)"
+            )
         else:
             predictor = Predictor.from_path(args.model)
     except UsageError as e:

@@ -18,7 +18,8 @@ class RoIWarp(keras.layers.Layer):
 
     Call as ``layer(features, boxes, box_indices)``:
 
-    - features: ``[B, H, W, C]`` feature map (cast to the layer's compute dtype).
+    - features: ``[B, H, W, C]`` feature map (cast to the layer's compute dtype; bfloat16 /
+      float16 stay 16-bit through the op's CPU kernels, sampled in float32).
     - boxes: ``[R, 4]`` ``y1, x1, y2, x2`` in input-image pixels, kept in float32 even under
       mixed precision (float16 cannot hold pixel coordinates of large images exactly).
     - box_indices: ``[R]`` int32 image of each box.
@@ -77,12 +78,14 @@ class RoIWarp(keras.layers.Layer):
         )
 
     def compute_output_shape(
-        self, features_shape=None, boxes_shape=None, box_indices_shape=None, input_shape=None
+        self, features_shape=None, boxes_shape=None, box_indices_shape=None, **kwargs
     ):
         # Keras builds a layer without its own build() from the first argument only and later
         # (model.summary(), after load_model) calls this with ``input_shape=features_shape``.
+        # That name must stay out of the signature: Keras maps the named ``*_shape``
+        # arguments to call() arguments and rejects ``input_shape`` (functional models).
         if features_shape is None:
-            features_shape = input_shape
+            features_shape = kwargs.get("input_shape")
         channels = None if features_shape is None else features_shape[-1]
         num_boxes = None if boxes_shape is None else boxes_shape[0]
         return (num_boxes, self.pooled_size, self.pooled_size, channels)

@@ -15,6 +15,7 @@ mask and class losses reach the RPN box regression (``box_gradient``), and the c
 reaches the mask head through the mask pathway.
 """
 
+import contextlib
 import os
 import warnings
 
@@ -59,6 +60,10 @@ class MNC(keras.Model):
       class_names: optional ``N`` names, saved with the model.
       category_ids: optional ``N`` source dataset category ids (``category_ids[label-1]``).
       **overrides: :class:`MNCConfig` fields (e.g. ``mask_size=21``) or ``name``/``dtype``.
+        ``dtype_policy`` (alias of ``dtype``): the Keras dtype policy every layer is built
+        with, e.g. ``"mixed_bfloat16"`` (train / infer in bfloat16 with float32 weights) or
+        ``"bfloat16"`` (weights stored in bfloat16 too; inference); default: the global
+        policy. Boxes, losses, NMS and mask voting stay float32 (docs/precision.md).
 
     Call: ``model(images, training=False)`` with uint8 or float ``[B, H, W, 3]`` 0..255 RGB
     images, or the dataset ``features`` dict (``images``, optional ``image_info [B, 4, 2]``),
@@ -81,6 +86,14 @@ class MNC(keras.Model):
         category_ids=None,
         **overrides,
     ):
+        if "dtype_policy" in overrides:
+            policy = overrides.pop("dtype_policy")
+            if overrides.get("dtype") not in (None, policy):
+                raise ValueError(
+                    "pass dtype or dtype_policy, not both: got dtype="
+                    f"{overrides['dtype']!r}, dtype_policy={policy!r}"
+                )
+            overrides["dtype"] = policy
         model_kwargs = {k: overrides.pop(k) for k in _MODEL_KWARGS if k in overrides}
         model_kwargs.setdefault("name", "mnc")
         if config is None:
@@ -91,7 +104,8 @@ class MNC(keras.Model):
             raise ValueError(f"config must be an MNCConfig or a dict, got {type(config).__name__}")
         config = config.replace(**overrides)
         super().__init__(**model_kwargs)
-        parts = build_mnc_parts(num_classes, backbone, num_stages, config)
+        with _global_policy(model_kwargs.get("dtype")):
+            parts = build_mnc_parts(num_classes, backbone, num_stages, config)
         if config.feature_stride is None:
             config = config.replace(feature_stride=parts.feature_stride)
         self.num_classes = int(num_classes)
@@ -458,6 +472,21 @@ class MNC(keras.Model):
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
         return cls(**config)
+
+
+@contextlib.contextmanager
+def _global_policy(policy):
+    """Builds the parts under ``policy`` (None: the current global policy) — Keras layers
+    take the global policy when created, not their parent's."""
+    if policy is None:
+        yield
+        return
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _scale_for_replicas(loss):

@@ -43,15 +43,20 @@ def _check_static_args(crop_size, pooled_size, spatial_scale):
         raise ValueError(f"spatial_scale must be finite and > 0, got {spatial_scale!r}")
 
 
-def _prepare(features, boxes, box_indices):
-    """float32 features and boxes, int32 indices, and the dtype to return.
+_NATIVE_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
 
-    float16 / bfloat16 features are computed in float32 (the kernels are float32 only) and
-    the result is cast back to the input dtype by the caller.
+
+def _prepare(features, boxes, box_indices, native=False):
+    """Features, float32 boxes, int32 indices, and the dtype to return.
+
+    ``native``: float16 / bfloat16 features go to the op as they are (its CPU kernels take
+    them, widen them exactly and sample in float32). Otherwise (the stock-op reference, and
+    the op when TensorFlow sees a GPU: the CUDA kernels are float32 only) they are cast to
+    float32 here and the result is cast back by the caller.
     """
     features = tf.convert_to_tensor(features)
     dtype = features.dtype
-    if dtype in (tf.float16, tf.bfloat16):
+    if dtype in (tf.float16, tf.bfloat16) and not native:
         features = tf.cast(features, tf.float32)
     boxes = tf.convert_to_tensor(boxes, dtype_hint=tf.float32)
     if boxes.dtype != tf.float32:
@@ -68,8 +73,11 @@ def roi_warp(
     """Warps each box to ``crop_size``² bilinear samples, max-pooled to ``pooled_size``².
 
     Args:
-      features: ``[B, H, W, C]`` float32 (float16 / bfloat16 are computed in float32 and
-        cast back) feature map.
+      features: ``[B, H, W, C]`` float32, bfloat16 or float16 feature map. On the CPU the
+        op takes 16-bit features natively: widened exactly, sampled, interpolated and pooled
+        in float32, the output rounded once to the input dtype (= the float32 op on the
+        widened features, cast); their gradient is accumulated in float32 and rounded once.
+        Where TensorFlow sees a GPU they are cast to float32 and back (float32 CUDA kernels).
       boxes: ``[R, 4]`` float32 ``y1, x1, y2, x2`` in input-image pixels; feature pixel =
         image pixel * ``spatial_scale``. Flipped boxes (y2 < y1) sample mirrored; samples
         outside the map read 0.
@@ -91,7 +99,9 @@ def roi_warp(
     """
     ops = load_library()
     with tf.name_scope(name or "roi_warp"):
-        features, boxes, box_indices, dtype = _prepare(features, boxes, box_indices)
+        features, boxes, box_indices, dtype = _prepare(
+            features, boxes, box_indices, native=not _gpu_visible()
+        )
         output, _ = ops.mnc_roi_warp(
             features,
             boxes,
@@ -100,7 +110,14 @@ def roi_warp(
             pooled_size=pooled_size,
             spatial_scale=spatial_scale,
         )
-        return tf.cast(output, dtype) if dtype != tf.float32 else output
+        return tf.cast(output, dtype) if output.dtype != dtype else output
+
+
+def _gpu_visible():
+    """True when TensorFlow sees a GPU: 16-bit features are then cast to float32 for the
+    op (its CUDA kernels are float32 only, and a bfloat16 op would silently be placed on
+    the CPU)."""
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def roi_warp_reference(

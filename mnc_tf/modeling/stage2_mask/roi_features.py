@@ -14,9 +14,11 @@ from mnc_tf.layers import RoIWarp
 
 
 def build_roi_warp(crop_size, pooled_size, spatial_scale, name="roi_warp"):
-    """The RoI warp layer, pinned to float32: its boxes are pixel coordinates, which float16
-    (mixed precision) would round to half pixels."""
-    return RoIWarp(crop_size, pooled_size, spatial_scale, name=name, dtype="float32")
+    """The RoI warp layer in the current dtype policy's compute dtype: under
+    ``mixed_bfloat16`` it takes and returns bfloat16 features (the op's CPU kernels read them
+    natively and sample in float32); its boxes stay float32 pixel coordinates whatever the
+    policy (float16 / bfloat16 would round them to half or whole pixels)."""
+    return RoIWarp(crop_size, pooled_size, spatial_scale, name=name)
 
 
 def corner_aligned_boxes(rois, crop_size, spatial_scale):
@@ -40,7 +42,7 @@ def warp_rois(roi_warp, features, rois):
       rois: float32 ``[B, R, 4]`` pixels (gradients flow back to them).
 
     Returns:
-      float32 ``[B·R, S, S, C]`` (image-major order).
+      ``[B·R, S, S, C]`` (image-major order) in the layer's compute dtype.
     """
     b = tf.shape(rois)[0]
     r = tf.shape(rois)[1]

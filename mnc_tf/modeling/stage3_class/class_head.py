@@ -79,7 +79,10 @@ class ClassHead(keras.layers.Layer):
     def call(self, roi_features, mask_probs, return_det=False):
         s = self.pooled_size
         soft = tf.image.resize(tf.cast(mask_probs, tf.float32)[..., None], [s, s], "bilinear")
-        masked = tf.cast(roi_features, tf.float32) * soft
+        # Mask pooling in the features' dtype: under mixed precision a float32 product would
+        # cost two full-size casts of [R, S, S, C] for no accuracy (the fc layers read
+        # bfloat16 / float16 anyway).
+        masked = roi_features * tf.cast(soft, roi_features.dtype)
         x = tf.concat([self.box_pathway(roi_features), self.mask_pathway(masked)], axis=-1)
         logits = tf.cast(self.cls(x), tf.float32)
         deltas = tf.reshape(tf.cast(self.box(x), tf.float32), [-1, self.num_classes + 1, 4])
