@@ -90,6 +90,7 @@ def _yaml(tmp_path, text):
         ("model:\n  learning_rate: fast\n", ["model.learning_rate", "a number", "'fast'"]),
         ("model:\n  anchor_scales: 4.0\n", ["model.anchor_scales", "a list", "4.0"]),
         ("model:\n  backbone: resnet9000\n", ["model.backbone", "tiny", "'resnet9000'"]),
+        ("model:\n  backbone: [tiny\n", ["not valid YAML", "expected ',' or ']'", "line 3"]),
     ],
 )
 def test_train_bad_yaml_values_name_the_file_and_key(tmp_path, text, fragments):
@@ -116,6 +117,13 @@ def test_train_bad_overrides_fail_before_any_data_or_file(tmp_path, override, fr
         result = run_cli("mnc-train", *args, "--model-dir", tmp_path / "run", *extra)
         assert_one_line_error(result, "mnc-train", *fragments)
     assert not data.exists() and not (tmp_path / "run").exists()
+
+
+def test_train_config_that_is_a_directory_and_bad_set_syntax(tmp_path):
+    result = run_cli("mnc-train", "--config", tmp_path)
+    assert_one_line_error(result, "mnc-train", "--config", "expected a YAML file", "directory")
+    result = run_cli("mnc-train", "--config", SHAPES_CONFIG, "--set", "modl.x=3")
+    assert_one_line_error(result, "mnc-train", "--set modl.x", "Did you mean 'model'?")
 
 
 def test_train_model_dir_that_is_a_file(tmp_path):

@@ -85,6 +85,9 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse already printed usage + message
         return int(e.code or 0)
+    if os.path.isdir(args.config):
+        _error(f"--config: expected a YAML file, got the directory {args.config}")
+        return 2
     if not os.path.isfile(args.config):
         _error(f"--config: no such file: {args.config}")
         return 2
@@ -104,7 +107,8 @@ def main(argv=None):
     except ValueError as e:
         message = str(e)
         # Errors in the file name the file; --set errors say "--set" themselves.
-        _error(message if message.startswith("--set") else f"{args.config}: {message}")
+        named = message.startswith("--set") or args.config in message
+        _error(message if named else f"{args.config}: {message}")
         return 2
     if args.print_config:
         print(config.to_yaml(), end="")

@@ -418,17 +418,19 @@ def apply_overrides(d: dict, overrides: Iterable[str]) -> dict:
     for item in overrides:
         if "=" not in item:
             raise ValueError(
-                f"Override {item!r} must look like 'section.key=value', e.g. model.total_steps=100."
+                f"--set {item}: must look like 'section.key=value', e.g. model.total_steps=100."
             )
         path, raw = item.split("=", 1)
         path = path.strip()
         parts = path.split(".")
         if len(parts) < 2 or not all(parts):
             raise ValueError(
-                f"Override key {path!r} must name a section and a key, e.g. 'model.total_steps'."
+                f"--set {path}: must name a section and a key, e.g. 'model.total_steps'."
             )
         if parts[0] not in ("model", "data", "train"):
-            raise closest_key_error(parts[0], ("model", "data", "train"))
+            raise ValueError(
+                f"--set {path}: {closest_key_error(parts[0], ('model', 'data', 'train'))}"
+            )
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
@@ -443,7 +445,9 @@ def apply_overrides(d: dict, overrides: Iterable[str]) -> dict:
             typ = _override_type(parts, path)
             value = _coerce(value, typ, path, strict=False)
         except ValueError as e:
-            raise ValueError(f"--set {e}") from None
+            text = str(e)
+            message = f"--set {text}" if text.startswith(path) else f"--set {path}: {text}"
+            raise ValueError(message) from None
         node = d
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
@@ -496,7 +500,10 @@ def load_config(path: str | None = None, overrides: Iterable[str] = ()) -> Exper
             try:
                 d = yaml.safe_load(f) or {}
             except yaml.YAMLError as e:
-                raise ValueError(f"Config file {path} is not valid YAML: {e}") from e
+                mark = getattr(e, "problem_mark", None)
+                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+                problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+                raise ValueError(f"Config file {path} is not valid YAML: {problem}{where}") from e
         if not isinstance(d, dict):
             raise ValueError(f"Config file {path} must hold a mapping, got {type(d).__name__}.")
     d = apply_overrides(d, overrides)
