@@ -37,7 +37,10 @@ def with_precision(model, precision):
       ``model`` itself when it already computes in ``precision`` with weights of that dtype;
       otherwise a new MNC with the same configuration, class names and weights (rounded to
       ``precision``), built with the Keras dtype policy ``precision``. Its outputs (boxes,
-      scores, classes, masks) are float32 / int32 as in float32.
+      scores, classes, masks) are float32 / int32 as in float32. For 16-bit precisions its
+      head fc layers compute from transposed kernel copies
+      (:meth:`mnc_tf.layers.HeadDense.use_transposed_kernel`): an inference model — to
+      change its weights, convert again.
     """
     from mnc_tf.modeling.mnc import MNC
 
@@ -53,4 +56,10 @@ def with_precision(model, precision):
     weights = model.get_weights()
     for variable, value in zip(copy.weights, weights, strict=True):
         variable.assign(value.astype(variable.dtype) if hasattr(value, "astype") else value)
+    if precision != "float32":
+        from mnc_tf.layers.dense import HeadDense
+
+        for layer in copy._flatten_layers(include_self=False):
+            if isinstance(layer, HeadDense):
+                layer.use_transposed_kernel()
     return copy

@@ -104,6 +104,10 @@ class MNC(keras.Model):
             raise ValueError(f"config must be an MNCConfig or a dict, got {type(config).__name__}")
         config = config.replace(**overrides)
         super().__init__(**model_kwargs)
+        # Under a 16-bit policy Keras would cast the inputs to bfloat16 / float16 (pixels of
+        # resized images, image_info sizes and scales); _prepare_inputs converts them itself.
+        self._convert_input_args = False
+        self._allow_non_tensor_positional_args = True
         with _global_policy(model_kwargs.get("dtype")):
             parts = build_mnc_parts(num_classes, backbone, num_stages, config)
         if config.feature_stride is None:
