@@ -2,6 +2,11 @@
 
     python benchmarks/bench_export.py                    # tiny backbone, 128-px config
     python benchmarks/bench_export.py --backbone vgg16    # paper config (600 / 1000), slow on CPU
+    python benchmarks/bench_export.py --backbone vgg16 --precision bfloat16  # + a bf16 export
+
+With ``--precision bfloat16`` a second export computing in bfloat16 (``mnc-export --precision
+bfloat16``) is timed on ``serving_image_tensor`` in the same round-robin
+(``latency_ms.serving_image_tensor_bfloat16``; ``precision.speedup_vs_float32_export``).
 
 Prints one JSON object:
 
@@ -104,6 +109,13 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--num-classes", type=int, default=20)
+    parser.add_argument(
+        "--precision",
+        choices=("bfloat16", "float16"),
+        default=None,
+        help="also export in this precision and time its serving_image_tensor, interleaved "
+        "with the float32 export's (latency_ms.serving_image_tensor_<precision>)",
+    )
     args = parser.parse_args(argv)
 
     import keras
@@ -156,6 +168,13 @@ def main(argv=None):
             "serving_image_tensor": lambda: _block(image_fn(images=pixels)),
             "serving_default": lambda: _block(bytes_fn(images=encoded)),
         }
+        if args.precision:
+            low_dir = export_serving(model, workdir, version=2, precision=args.precision)
+            low_mb = _dir_mb(low_dir)
+            low_fn = tf.saved_model.load(low_dir).signatures["serving_image_tensor"]
+            candidates[f"serving_image_tensor_{args.precision}"] = lambda: _block(
+                low_fn(images=pixels)
+            )
         results = _interleaved_median_ms(candidates, args.iters, args.warmup)
         results.update(_session_loader_ms(version_dir, pixels, encoded, args, workdir))
     finally:
@@ -179,6 +198,20 @@ def main(argv=None):
             ),
         },
         "export_time_s": round(export_time, 2),
+        **(
+            {
+                "precision": {
+                    "precision": args.precision,
+                    "saved_model_mb": round(low_mb, 2),
+                    "speedup_vs_float32_export": round(
+                        serving / results[f"serving_image_tensor_{args.precision}"], 3
+                    ),
+                    "load_average": list(os.getloadavg()),
+                }
+            }
+            if args.precision
+            else {}
+        ),
         "saved_model_mb": round(size_mb, 2),
         "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
         "machine": platform.machine(),

@@ -32,14 +32,12 @@ def main(argv=None):
     from mnc_tf import console
 
     console.quiet_tensorflow()
-    import keras
-
-    import mnc_tf  # noqa: F401  (registers MNC for load_model)
+    import mnc_tf
     from mnc_tf.data import coco_dataset
     from mnc_tf.evaluation import COCOEvaluator, VOCEvaluator, evaluate_model
     from mnc_tf.precision import with_precision
 
-    model = keras.models.load_model(args.model)
+    model = mnc_tf.load_model(args.model)
     cfg = model.config
     data = coco_dataset(
         args.annotations,
