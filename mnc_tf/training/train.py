@@ -10,27 +10,30 @@ What a run does, in order:
    ``strategy.distribute_datasets_from_function`` (each input pipeline reads its own shard);
 4. builds ``mnc_tf.MNC`` inside ``strategy.scope()`` with the learning rate scaled linearly to
    the global batch (logged), and ``compile()``s it with the paper's optimiser and XLA off;
-5. ``fit``s for ``model.total_steps`` steps with, in this order, :class:`BackupAndRestore`
-   (checkpoints every ``checkpoint_every`` steps, exact resume), evaluation every
-   ``eval_every_epochs`` epochs (COCO box/mask AP and VOC mAP^r into the logs),
-   ``best.keras`` on ``best_metric``, TensorBoard (:class:`TrainingSummaries`), and Keras's
-   progress bar;
-6. writes ``final.keras``, the SavedModel ``export/1`` (TF Serving layout), ``history.json``
-   and ``run_info.json`` (steps, time, images/s, the resolved config).
+5. ``fit``s for ``model.total_steps`` steps, reading an iterator created up front
+   (:class:`ResumableInput`) so that the checkpoints hold the input pipeline's position, with,
+   in this order, :class:`BackupAndRestore` (checkpoints every ``checkpoint_every`` steps,
+   exact resume), evaluation every ``eval_every_epochs`` epochs (COCO box/mask AP and VOC
+   mAP^r into the logs), ``best.keras`` on ``best_metric``, TensorBoard
+   (:class:`TrainingSummaries`), and Keras's progress bar;
+6. writes ``final.keras``, ``history.json``, ``run_info.json`` (steps, time, images/s, the
+   resolved config) and, last, the SavedModel ``export/1`` (TF Serving layout).
 
 ``model_dir`` layout::
 
-    config.yaml        the resolved config of the first run (a resumed run warns on changes)
+    config.yaml        the resolved config (written once the model builds; a resumed run
+                       warns on changes)
     checkpoints/       ckpt-<step>.* + checkpoint (tf.train.CheckpointManager)
     logs/              TensorBoard event files
     best.keras(.json)  best model by train.best_metric
     final.keras        the model after the last step
     export/1/          SavedModel for TF Serving (mnc_tf.export.serving.export_serving)
-    history.json       Keras history of this process's fit
+    history.json       Keras history of the last process that trained
     run_info.json      strategy, global batch, learning rate, steps, wall time, throughput
 
-Running the same command again resumes from the latest checkpoint (or does nothing more than
-re-export when the run had finished).
+Running the same command again resumes from the latest checkpoint, bit for bit where the input
+position was saved (docs/training.md, "Resume"), or does nothing more than re-export (keeping
+``history.json``) when the run had finished. What killed writes leave behind is removed first.
 """
 
 from __future__ import annotations
