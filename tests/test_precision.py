@@ -120,3 +120,51 @@ def test_mixed_bfloat16_training_step_reaches_boxes_and_every_head():
         assert got and all(g is not None for g in got), head
         assert any(float(tf.reduce_max(tf.abs(g))) > 0 for g in got), head
     assert PRECISIONS == ("float32", "bfloat16", "float16")
+
+
+def test_mnc_predict_precision_flag(tmp_path, capsys):
+    """mnc-predict --precision bfloat16 runs a .keras model in bfloat16 (same detections'
+    scores as the bfloat16 copy within rounding); on a SavedModel the flag is a usage error."""
+    from PIL import Image
+
+    from mnc_tf.cli import predict
+
+    model = tiny(class_names=["a", "b", "c"])
+    path = tmp_path / "model.keras"
+    model.save(path)
+    image = (np.random.default_rng(3).uniform(0, 255, (96, 128, 3))).astype(np.uint8)
+    image_path = tmp_path / "img.png"
+    Image.fromarray(image).save(image_path)
+    out = tmp_path / "out"
+    assert predict.main([str(image_path), "--model", str(path), "--out", str(out),
+                         "--precision", "bfloat16", "--threshold", "0"]) == 0  # fmt: skip
+    import json
+
+    with open(out / "results.json") as f:
+        results = json.load(f)
+    expected = with_precision(model, "bfloat16")(image[None].astype(np.float32))
+    n = int(expected["num_detections"][0])
+    assert len(results) == n > 0
+    np.testing.assert_allclose(
+        sorted(r["score"] for r in results), np.sort(expected["scores"][0, :n]), atol=1e-3
+    )
+    capsys.readouterr()
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    code = predict.main([str(image_path), "--model", str(saved), "--out", str(tmp_path / "o2"),
+                         "--precision", "bfloat16"])  # fmt: skip
+    assert code == 2
+    assert "--precision: applies to a .keras model" in capsys.readouterr().err
+
+
+def test_head_dense_transposed_kernel_matches_the_kernel():
+    from mnc_tf.layers import HeadDense
+
+    rng = np.random.default_rng(4)
+    layer = HeadDense(7, activation="relu")
+    layer.build((None, 11))
+    x = rng.standard_normal((5, 11)).astype(np.float32)
+    expected = np.maximum(x @ layer.kernel.numpy() + layer.bias.numpy(), 0)
+    layer.use_transposed_kernel()
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-6)
+    assert len(layer.weights) == 2  # the copy is not a Keras weight (saving unchanged)
