@@ -283,3 +283,38 @@ def test_resume_with_the_input_position_is_exact_and_without_it_is_not(tmp_path)
             assert all(same)
         else:
             assert sum(same) < len(same) // 2, "the data did not matter: the test proves nothing"
+
+
+def test_fit_under_a_strategy_reads_exactly_its_steps_from_the_resumable_input(tmp_path):
+    """Under a strategy scope Keras' fit first takes a batch to build the model; with
+    ResumableInput.fitting that batch comes from a separate iterator, so the checkpointed one
+    advances by exactly the steps trained."""
+    from mnc_tf.training.checkpoints import ResumableInput
+
+    shapes = make_shapes_dataset(
+        tmp_path / "shapes", 4, seed=4, image_size=64, num_classes=2, max_shapes=2, split="train"
+    )
+
+    def dataset():  # a new dataset object each time: the same seeded order from its start
+        return coco_dataset(
+            shapes.annotation_file,
+            shapes.image_dir,
+            batch_size=1,
+            training=True,
+            short_side=64,
+            max_side=64,
+            max_instances=4,
+            repeat=True,
+            seed=5,
+        )
+
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        model = _model(2, seed=0)
+    assert model._distribute_strategy is not None  # the case where Keras takes a batch
+    source = ResumableInput(dataset())
+    with source.fitting(model):
+        model.fit(source, epochs=1, steps_per_epoch=2, verbose=0)
+    assert "_maybe_symbolic_build" not in model.__dict__  # the patch is undone
+    expected = [int(f["image_id"][0]) for f, _ in dataset().take(3)]
+    assert int(next(source.iterator)[0]["image_id"][0]) == expected[2]
