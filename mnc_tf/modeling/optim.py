@@ -1,5 +1,7 @@
 """The paper's optimiser recipe as Keras objects (used by ``MNC.compile()`` without arguments)."""
 
+import re
+
 import keras
 import tensorflow as tf
 
@@ -112,7 +114,10 @@ class CaffeSGD(keras.optimizers.SGD):
 def is_bias(variable):
     """True for a layer's bias: Keras names it ``bias`` (the strategy-local TF variable the
     update may receive is ``.../bias:0``)."""
-    return variable.name.split(":")[0].split("/")[-1] == "bias"
+    parts = variable.name.split(":")[0].split("/")
+    if len(parts) > 1 and re.fullmatch(r"replica_\d+", parts[-1]):
+        parts = parts[:-1]  # MirroredStrategy names replica k's copy ".../bias/replica_k"
+    return parts[-1] == "bias"
 
 
 def _handle(variable):

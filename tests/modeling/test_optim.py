@@ -61,3 +61,21 @@ def test_caffe_sgd_serializes():
     assert isinstance(again, CaffeSGD)
     assert (again.momentum, again.weight_decay) == (0.8, 1e-4)
     assert float(again.learning_rate) == pytest.approx(0.02)
+
+
+def test_is_bias_recognises_mirrored_replica_copies():
+    """MirroredStrategy names replica k's copy ``.../bias/replica_k:0``: every copy of a bias
+    must get the bias learning-rate multiplier, or the replicas' weights drift apart."""
+    from types import SimpleNamespace
+
+    from mnc_tf.modeling.optim import is_bias
+
+    def named(name):
+        return SimpleNamespace(name=name)
+
+    assert is_bias(named("mnc/rpn/conv/bias:0"))
+    assert is_bias(named("mnc/rpn/conv/bias/replica_1:0"))
+    assert is_bias(named("bias/replica_12:0"))
+    assert not is_bias(named("mnc/rpn/conv/kernel/replica_1:0"))
+    assert not is_bias(named("mnc/rpn/conv/kernel:0"))
+    assert not is_bias(named("replica_1:0"))
