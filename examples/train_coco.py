@@ -1,7 +1,6 @@
 """Train MNC on COCO (or any COCO-format dataset of your own) and report mask / box AP.
 
     python examples/train_coco.py --coco-dir /data/coco \
-        --backbone-weights /weights/resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5 \
         --model-dir runs/coco
 
 ``--coco-dir`` holds ``annotations/instances_{train,val}2017.json`` and the ``train2017/`` and
@@ -23,7 +22,9 @@ sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without install
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--coco-dir", help="COCO 2017 root (annotations/, train2017/, val2017/)")
-    parser.add_argument("--backbone-weights", help="keras.applications ResNet101 notop .h5")
+    parser.add_argument(
+        "--backbone-weights", help="local ResNet101 notop .h5 (default: the config's imagenet)"
+    )
     parser.add_argument("--model-dir", default="runs/coco_resnet101_mnc5")
     parser.add_argument(
         "--config",

@@ -1,7 +1,6 @@
 """Reproduce the paper's PASCAL VOC experiment: 5-stage MNC, VGG-16, SBD masks, mAP^r.
 
     python examples/train_voc.py --sbd-root /data/SBD/dataset \
-        --backbone-weights /weights/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 \
         --model-dir runs/voc [--set model.total_steps=80000 ...]
 
 Trains with ``configs/voc2012_vgg16_mnc5.yaml`` (the paper's settings, DESIGN.md §1) on every
@@ -24,7 +23,9 @@ PAPER = {"mAP_r@0.5": 0.635, "mAP_r@0.7": 0.415}
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sbd-root", required=True, help="folder with img/ inst/ cls/ *.txt")
-    parser.add_argument("--backbone-weights", help="keras.applications VGG16 notop .h5 file")
+    parser.add_argument(
+        "--backbone-weights", help="local VGG16 .h5 (default: the config's imagenet, downloaded)"
+    )
     parser.add_argument("--model-dir", default="runs/voc2012_vgg16_mnc5")
     parser.add_argument(
         "--config",

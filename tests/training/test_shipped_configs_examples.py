@@ -24,7 +24,8 @@ from training_testutil import REPO, subprocess_env
 CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "configs", "*.yaml")))
 EXAMPLES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "examples", "*.py")))
 
-# Sizes, steps and the backbone only. The paper configs' 600/1000 px images, VGG-16/ResNet-101
+# Sizes, steps and the backbone (and its weights) only. The paper configs' 600/1000 px images,
+# VGG-16/ResNet-101
 # and 4096-wide fc layers would take minutes per step on a CPU; the anchors shrink with the
 # images (base 16 px at 600 px -> 2 px at 64 px) so that the RPN still has anchors inside them.
 SHRINK = {
@@ -39,6 +40,7 @@ SHRINK = {
     ],
     "paper": [
         "model.backbone=tiny",
+        "model.backbone_weights=null",  # shipped: imagenet (a download) for VGG-16 / ResNet-101
         "model.short_side=64",
         "model.max_side=64",
         "model.anchor_base_size=2",
