@@ -26,7 +26,8 @@ EXAMPLES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "exa
 
 # Sizes, steps and the backbone (and its weights) only. The paper configs' 600/1000 px images,
 # VGG-16/ResNet-101 and 4096-wide fc layers would take minutes per step on a CPU; the anchors
-# shrink with the images (base 16 px at 600 px -> 2 px at 64 px) so that the RPN still has anchors inside them.
+# shrink with the images (base 16 px at 600 px -> 2 px at 64 px) so that the RPN still has
+# anchors inside them.
 SHRINK = {
     "shapes_tiny_mnc5.yaml": [
         "model.total_steps=2",
