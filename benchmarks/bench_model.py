@@ -129,7 +129,7 @@ def precision_main(args):
         "settings": [],
     }
     rng = np.random.default_rng(0)
-    for backbone in args.backbones.split(","):
+    for backbone in [] if args.train_only else args.backbones.split(","):
         keras.utils.set_random_seed(0)
         m32 = MNC(args.num_classes, backbone=backbone, num_stages=5)
         m16 = with_precision(m32, low)
@@ -179,7 +179,7 @@ def precision_main(args):
             entry["load_average"] = [load0, load1]
             results["settings"].append(entry)
             print(json.dumps(entry), flush=True)
-    if args.train:
+    if args.train or args.train_only:
         results["train_step"] = train_step_compare(args, low)
     results["load_average_after"] = list(os.getloadavg())
     print(json.dumps(results, indent=2))
@@ -247,6 +247,9 @@ def main():
         help="with --precision: HxW image sizes (default 640x640 600x1000)",
     )
     parser.add_argument("--train", action="store_true", help="with --precision: a train step")
+    parser.add_argument(
+        "--train-only", action="store_true", help="with --precision: only the train step"
+    )
     args = parser.parse_args()
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)

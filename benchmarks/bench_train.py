@@ -107,7 +107,11 @@ def _child(spec):
         from mnc_tf.modeling.mnc import MNC
 
         model = MNC(
-            fn.info.num_classes, backbone=backbone, num_stages=stages, config=cfg.mnc_config()
+            fn.info.num_classes,
+            backbone=backbone,
+            num_stages=stages,
+            config=cfg.mnc_config(),
+            dtype_policy=spec.get("mixed_precision", "float32"),
         )
         model.compile()
         model.optimizer.build(model.trainable_variables)
@@ -136,6 +140,7 @@ def _child(spec):
     pipe = sum(pipe_runs) / len(pipe_runs)
     return {
         "model": spec["name"],
+        "mixed_precision": spec.get("mixed_precision", "float32"),
         "devices": devices,
         "replicas": strategy.num_replicas_in_sync,
         "global_batch": global_batch,
@@ -159,6 +164,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="memory/pipeline alternations")
     parser.add_argument("--models", default=None, help="comma list of tiny,vgg16")
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=("float32", "mixed_bfloat16", "mixed_float16"),
+        default="float32",
+        help="Keras dtype policy of the trained model (default float32; the float32 vs "
+        "mixed_bfloat16 step time in one run: bench_model.py --precision bfloat16 --train)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -187,6 +199,7 @@ def main(argv=None):
                     "steps": steps,
                     "warmup": args.warmup or m["warmup"],
                     "repeats": args.repeats or (1 if args.quick else m["repeats"]),
+                    "mixed_precision": args.mixed_precision,
                 }
                 env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
                 proc = subprocess.run(
