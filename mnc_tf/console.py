@@ -93,6 +93,7 @@ def quiet_tensorflow(verbose: bool = False) -> bool:
     if verbose or TF_LOG_LEVEL_ENV in os.environ:
         return False
     os.environ[TF_LOG_LEVEL_ENV] = QUIET_TF_LOG_LEVEL
+    _quiet_python_loggers()
     if "tensorflow" in sys.modules:
         return True
     captured = []
@@ -106,6 +107,30 @@ def quiet_tensorflow(verbose: bool = False) -> bool:
     finally:
         _replay("".join(captured))
     return True
+
+
+class _DropNoise(logging.Filter):
+    """Drops TensorFlow's Python-side messages that carry no news for a user of our tools."""
+
+    NOISE = (
+        # SavedModel: resource captures get renamed; harmless for every loader (tested).
+        "with unsupported characters which will be renamed",
+    )
+
+    def filter(self, record):
+        return not any(n in record.getMessage() for n in self.NOISE)
+
+
+def _quiet_python_loggers():
+    """TensorFlow's and absl's Python loggers at WARNING (their INFO lines, e.g. 'Sharding
+    callback duration' on every checkpoint or 'Assets written to', reach the console whenever
+    a script calls ``logging.basicConfig(level=INFO)``), minus known noise."""
+    for name in ("absl", "tensorflow"):
+        log = logging.getLogger(name)
+        if log.level == logging.NOTSET or log.level < logging.WARNING:
+            log.setLevel(logging.WARNING)
+        if not any(isinstance(f, _DropNoise) for f in log.filters):
+            log.addFilter(_DropNoise())
 
 
 def _replay(text: str):

@@ -83,6 +83,31 @@ def test_quiet_tensorflow_hides_the_banner_and_keeps_real_errors():
         pytest.skip("this TensorFlow prints no start-up banner")
 
 
+def test_quiet_tensorflow_silences_tf_python_info_under_basic_config():
+    """The examples call logging.basicConfig(level=INFO): TensorFlow's own INFO lines (one
+    'Sharding callback duration' per checkpoint) and the SavedModel renaming warning stay off
+    the console, real warnings and our lines do not."""
+    code = (
+        "import logging\n"
+        "logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')\n"
+        "from mnc_tf import console\n"
+        "console.quiet_tensorflow()\n"
+        "import tensorflow as tf\n"
+        "from absl import logging as absl_logging\n"
+        "absl_logging.info('Sharding callback duration: 5 microseconds')\n"
+        "tf.get_logger().info('Assets written to: x')\n"
+        "tf.get_logger().warning('Function f contains input name(s) resource with unsupported'\n"
+        "                        ' characters which will be renamed to r in the SavedModel.')\n"
+        "tf.get_logger().warning('a real warning')\n"
+        "logging.getLogger('mnc_tf.test').info('our line')\n"
+    )
+    quiet = _python(code)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr.splitlines() == ["tensorflow: a real warning", "mnc_tf.test: our line"]
+    loud = _python(code.replace("console.quiet_tensorflow()", "pass"))
+    assert "Sharding callback duration" in loud.stderr  # the check above can fail
+
+
 def test_users_tf_cpp_min_log_level_and_verbose_are_respected():
     code = (
         "import os, sys\n"
