@@ -20,6 +20,7 @@ import os
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mnc_tf.config import MNCConfig
@@ -45,6 +46,12 @@ _LOSS_WEIGHTS = (
     ("det_cls_loss", "det_cls_loss_weight"),
     ("box_loss", "box_loss_weight"),
 )
+
+
+def _array_to_tensor(x):
+    if isinstance(x, (np.ndarray, np.generic)):
+        return tf.convert_to_tensor(x, tf.float32 if x.dtype.kind == "f" else None)
+    return x
 
 
 @keras.saving.register_keras_serializable(package="mnc_tf")
@@ -164,6 +171,13 @@ class MNC(keras.Model):
         self.built = True
 
     # ------------------------------------------------------------------ inputs
+    def __call__(self, inputs, *args, **kwargs):
+        # Keras' own input conversion is off (see __init__), and Keras refuses a dict that
+        # mixes tensors and NumPy arrays; convert arrays here: floats to float32 (Keras' rule
+        # for a float32 model), integers (uint8 pixels) as they are.
+        inputs = tf.nest.map_structure(_array_to_tensor, inputs)
+        return super().__call__(inputs, *args, **kwargs)
+
     def _prepare_inputs(self, inputs):
         """→ ``(images float32 [B, H, W, 3], image_size float32 [B, 2], image_ids or None)``."""
         image_ids = None
