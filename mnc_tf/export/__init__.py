@@ -5,21 +5,36 @@ signatures ``serving_default`` (encoded images), ``serving_image_tensor`` (uint8
 ``serving_tf_example``; see :mod:`mnc_tf.export.serving`.
 """
 
-from mnc_tf.export.coco import coco_results, encode_rle
-from mnc_tf.export.predictor import (
-    ExportedModel,
-    Predictor,
-    load_exported_model,
-    load_keras_model,
-    read_labels,
-)
-from mnc_tf.export.serving import (
-    OUTPUT_KEYS,
-    SIGNATURES,
-    build_serving_functions,
-    export_serving,
-    latest_version_dir,
-)
+import importlib
+
+# Imported on first use (PEP 562), so that ``python -m mnc_tf.export.session_loader`` can quiet
+# TensorFlow's console before anything imports it.
+_EXPORTS = {
+    "coco_results": "coco",
+    "encode_rle": "coco",
+    "ExportedModel": "predictor",
+    "Predictor": "predictor",
+    "load_exported_model": "predictor",
+    "load_keras_model": "predictor",
+    "read_labels": "predictor",
+    "OUTPUT_KEYS": "serving",
+    "SIGNATURES": "serving",
+    "build_serving_functions": "serving",
+    "export_serving": "serving",
+    "latest_version_dir": "serving",
+}
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mnc_tf.export' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"mnc_tf.export.{module}"), name)
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "ExportedModel",

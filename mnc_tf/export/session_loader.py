@@ -190,8 +190,12 @@ def main(argv=None):
     parser.add_argument("images", nargs="+", help="encoded image files (JPEG, PNG, ...)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max |C - Python|")
     parser.add_argument("--checker", help="an already built checker (default: build one now)")
+    parser.add_argument("--verbose", action="store_true", help="TensorFlow's own log lines too")
     args = parser.parse_args(argv)
 
+    from mnc_tf import console
+
+    console.quiet_tensorflow(args.verbose)  # before TensorFlow is imported (banner, PredictCost)
     import tensorflow as tf
 
     from mnc_tf.export.serving import latest_version_dir

@@ -304,3 +304,20 @@ def test_command_line_check_of_an_export(checker, export_base, tmp_path, capsys)
     for signature in SIGNATURES:
         assert re.search(rf"request \d+ {signature} OK", out), out
     assert "OK: 3 requests" in out
+
+
+def test_command_line_check_prints_only_its_own_lines(checker, export_base, tmp_path):
+    """Run as a user runs it, in a fresh process: no TensorFlow banner, no grappler
+    'PredictCost' warnings (mnc_tf.export imports TensorFlow lazily, so the command can quiet
+    it first); --verbose brings TensorFlow's lines back."""
+    path = tmp_path / "scene.jpg"
+    path.write_bytes(_jpeg(scene(90, 150, seed=1)))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    command = [sys.executable, "-m", "mnc_tf.export.session_loader", str(export_base), str(path)]
+    command += ["--checker", checker]
+    quiet = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "OK: 3 requests" in quiet.stdout
+    assert quiet.stderr == "", quiet.stderr[-2000:]
+    loud = subprocess.run([*command, "--verbose"], capture_output=True, text=True, env=env)
+    assert loud.returncode == 0 and loud.stderr != ""  # the check above can fail
