@@ -89,16 +89,8 @@ def load_exported_model(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model: no such file or directory: {path}")
-    try:
-        version_dir = latest_version_dir(path)
-    except FileNotFoundError as e:
-        raise ValueError(f"model: {e}") from None
-    try:
-        loaded = tf.saved_model.load(version_dir)
-    except Exception as e:  # noqa: BLE001  (corrupt / foreign files: report, don't crash)
-        raise ValueError(
-            f"model: could not load the SavedModel in {version_dir}: {_first_line(e)}"
-        ) from e
+    version_dir = _version_dir(path)
+    loaded = _load_saved_model(version_dir)
     if not hasattr(loaded, INFER_FUNCTION):
         raise ValueError(
             f"model: the SavedModel in {version_dir} has no {INFER_FUNCTION!r} function; "
@@ -106,6 +98,23 @@ def load_exported_model(path):
         )
     info = _read_info(version_dir)
     return ExportedModel(loaded, version_dir, info)
+
+
+def _version_dir(path):
+    """A SavedModel version directory, or a TF Serving base directory's highest version."""
+    try:
+        return latest_version_dir(path)
+    except FileNotFoundError as e:
+        raise ValueError(f"model: {e}") from None
+
+
+def _load_saved_model(version_dir):
+    try:
+        return tf.saved_model.load(version_dir)
+    except Exception as e:  # noqa: BLE001  (corrupt / foreign files: report, don't crash)
+        raise ValueError(
+            f"model: could not load the SavedModel in {version_dir}: {_first_line(e)}"
+        ) from e
 
 
 def _read_info(version_dir):
@@ -193,20 +202,11 @@ class Predictor:
             raise FileNotFoundError(f"model: no such file or directory: {path}")
         if os.path.isfile(path):
             return cls.from_keras_model(load_keras_model(path), source=path)
-        try:
-            version_dir = latest_version_dir(path)
-        except FileNotFoundError as e:
-            raise ValueError(f"model: {e}") from None
-        return cls.from_saved_model(version_dir)
+        return cls.from_saved_model(_version_dir(path))
 
     @classmethod
     def from_saved_model(cls, version_dir):
-        try:
-            loaded = tf.saved_model.load(version_dir)
-        except Exception as e:  # noqa: BLE001  (corrupt / foreign files: report, don't crash)
-            raise ValueError(
-                f"model: could not load the SavedModel in {version_dir}: {_first_line(e)}"
-            ) from e
+        loaded = _load_saved_model(version_dir)
         if SIGNATURE_ENCODED not in loaded.signatures:
             raise ValueError(
                 f"model: {version_dir} has no {SIGNATURE_ENCODED!r} signature (signatures: "
@@ -215,11 +215,7 @@ class Predictor:
         assets = os.path.join(version_dir, "assets")
         labels_path = os.path.join(assets, LABELS_FILENAME)
         labels = read_labels(labels_path) if os.path.isfile(labels_path) else {}
-        info = {}
-        info_path = os.path.join(assets, INFO_FILENAME)
-        if os.path.isfile(info_path):
-            with open(info_path, encoding="utf-8") as f:
-                info = json.load(f)
+        info = _read_info(version_dir)
         predictor = cls(
             loaded.signatures[SIGNATURE_ENCODED],
             labels,
