@@ -1,5 +1,7 @@
 """Helpers shared by the export tests: the tiny MNC they export and synthetic pictures."""
 
+import io
+
 import numpy as np
 
 # Category ids deliberately not 1..N, so a test notices when contiguous labels leak out.
@@ -43,3 +45,31 @@ def scene(height, width, seed=0):
             inside = (np.abs(yy - cy) < r) & (np.abs(xx - cx) < r)
         image[inside] = color
     return image
+
+
+def encode_jpeg(image, quality=95):
+    """uint8 ``[H, W, 3]`` → JPEG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def encode_png(array, mode=None):
+    """uint8 array → PNG bytes (``mode`` as in ``PIL.Image.fromarray``)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def tf_example(encoded):
+    """A serialized ``tf.train.Example`` with the image bytes under ``image/encoded``."""
+    import tensorflow as tf
+
+    feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))
+    return tf.train.Example(
+        features=tf.train.Features(feature={"image/encoded": feature})
+    ).SerializeToString()

@@ -10,7 +10,15 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from export_testutil import CATEGORY_IDS, CLASS_NAMES, MAX_SIDE, SHORT_SIDE, scene
+from export_testutil import (
+    CATEGORY_IDS,
+    CLASS_NAMES,
+    MAX_SIDE,
+    SHORT_SIDE,
+    encode_jpeg,
+    encode_png,
+    scene,
+)
 from PIL import Image
 
 SIGNATURES = ("serving_default", "serving_image_tensor", "serving_tf_example")
@@ -61,25 +69,6 @@ def _assert_matches(out, ref, index=0, box_atol=1e-2):
     np.testing.assert_allclose(out["detection_scores"][index, :n], ref["scores"], atol=1e-4)
     np.testing.assert_array_equal(out["detection_classes"][index, :n], ref["classes"])
     np.testing.assert_allclose(out["detection_masks"][index, :n], ref["masks"], atol=1e-3)
-
-
-def _jpeg(image, quality=95):
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def _png(array, mode=None):
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _example(encoded):
-    feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))
-    return tf.train.Example(
-        features=tf.train.Features(feature={"image/encoded": feature})
-    ).SerializeToString()
 
 
 def _run(loaded, signature, value):
@@ -202,7 +191,7 @@ print(json.dumps({
 def test_fresh_process_without_mnc_tf_runs_every_signature(tiny_model, export_base, tmp_path):
     image = scene(90, 150, seed=1)  # non-square, downscaled to 64 × 107
     jpeg = tmp_path / "scene.jpg"
-    jpeg.write_bytes(_jpeg(image))
+    jpeg.write_bytes(encode_jpeg(image))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     proc = subprocess.run(
@@ -299,9 +288,9 @@ def test_boxes_map_back_to_original_pixels(tiny_model, loaded_export, size):
 def test_mixed_size_batch_is_padded(tiny_model, loaded_export):
     big = scene(40, 70, seed=3)  # → 64 × 112: the batch's padded size
     small = scene(60, 100, seed=4)  # → 64 × 107: padded on the right
-    out = _run(loaded_export, "serving_default", tf.constant([_png(big), _png(small)]))
+    out = _run(loaded_export, "serving_default", tf.constant([encode_png(big), encode_png(small)]))
     _assert_matches(out, _reference(tiny_model, big), index=0)
-    alone = _run(loaded_export, "serving_default", tf.constant([_png(small)]))
+    alone = _run(loaded_export, "serving_default", tf.constant([encode_png(small)]))
     np.testing.assert_allclose(out["image_info"][1], alone["image_info"][0])
     n = int(out["num_detections"][1])
     assert np.all(out["detection_boxes"][1, :n, [0, 2]] <= 60 + 1e-3)
@@ -316,7 +305,11 @@ def test_grayscale_rgba_and_webp_are_converted(loaded_export):
     webp_src = scene(48, 80, seed=7)
     buffer = io.BytesIO()
     Image.fromarray(webp_src).save(buffer, format="WEBP", lossless=True)
-    cases = [(_png(gray, "L"), rgb), (_png(rgba, "RGBA"), rgba_src), (buffer.getvalue(), webp_src)]
+    cases = [
+        (encode_png(gray, "L"), rgb),
+        (encode_png(rgba, "RGBA"), rgba_src),
+        (buffer.getvalue(), webp_src),
+    ]
     for encoded, pixels in cases:
         out = _run(loaded_export, "serving_default", tf.constant([encoded]))
         ref = _run(loaded_export, "serving_image_tensor", pixels[None])

@@ -6,7 +6,6 @@ from the MetaGraphDef's signature defs, ``TF_SessionRun``. Its outputs are compa
 Python's ``tf.saved_model.load`` on the same export, and with the model itself.
 """
 
-import io
 import os
 import pathlib
 import re
@@ -18,8 +17,7 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from export_testutil import scene
-from PIL import Image
+from export_testutil import encode_jpeg, encode_png, scene, tf_example
 
 from mnc_tf.export import session_loader
 
@@ -33,25 +31,6 @@ OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "detectio
 @pytest.fixture(scope="session")
 def checker(tmp_path_factory):
     return session_loader.build(str(tmp_path_factory.mktemp("loader_check")))
-
-
-def _jpeg(image, quality=95):
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def _png(image):
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _example(encoded):
-    feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))
-    return tf.train.Example(
-        features=tf.train.Features(feature={"image/encoded": feature})
-    ).SerializeToString()
 
 
 def _png_0x0():
@@ -106,13 +85,13 @@ def test_every_signature_runs_in_the_session_loader_like_in_python(
 ):
     """Same outputs as Python's loader; the detections are the model's own (not empty)."""
     big, small = scene(90, 150, seed=1), scene(60, 100, seed=4)
-    jpeg = _jpeg(big)
+    jpeg = encode_jpeg(big)
     pixels = tf.io.decode_jpeg(jpeg, channels=3).numpy()
     requests = [
         ("serving_default", "images", [jpeg]),
-        ("serving_default", "images", [_png(small), jpeg]),  # mixed sizes: padded batch
+        ("serving_default", "images", [encode_png(small), jpeg]),  # mixed sizes: padded batch
         ("serving_image_tensor", "images", pixels[None]),
-        ("serving_tf_example", "examples", [_example(jpeg), _example(_png(small))]),
+        ("serving_tf_example", "examples", [tf_example(jpeg), tf_example(encode_png(small))]),
     ]
     report, proc = session_loader.run(checker, export_base / "1", requests, str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -191,7 +170,7 @@ def test_checker_fails_on_an_export_that_tracks_keras_variables(
 
 def _bad_requests():
     """(signature, value, element index or None, words the message must contain)."""
-    good = _jpeg(scene(40, 70, seed=5))
+    good = encode_jpeg(scene(40, 70, seed=5))
     truncated = good[: len(good) // 2]
     return [
         ("serving_default", [truncated], 0, ["could not be decoded", "JPEG", "truncated"]),
@@ -204,10 +183,10 @@ def _bad_requests():
         ("serving_image_tensor", np.zeros((2, 16, 16, 1), np.uint8), 0, ["1", "channels"]),
         ("serving_image_tensor", np.zeros((1, 0, 16, 3), np.uint8), 0, ["zero-size"]),
         ("serving_image_tensor", np.zeros((0, 16, 16, 3), np.uint8), None, ["empty batch"]),
-        ("serving_tf_example", [_example(good), b"\xff\xfe\x80garbage"], 1, ["tf.train.Example"]),
+        ("serving_tf_example", [tf_example(good), b"\xff\xfe\x80garbage"], 1, ["tf.train.Example"]),
         ("serving_tf_example", [b"not a proto at all"], 0, ["tf.train.Example"]),
-        ("serving_tf_example", [_example(good), b""], 1, ["empty string (or missing)"]),
-        ("serving_tf_example", [_example(truncated)], 0, ["could not be decoded", "JPEG"]),
+        ("serving_tf_example", [tf_example(good), b""], 1, ["empty string (or missing)"]),
+        ("serving_tf_example", [tf_example(truncated)], 0, ["could not be decoded", "JPEG"]),
         ("serving_tf_example", [], None, ["empty batch"]),
     ]
 
@@ -225,7 +204,7 @@ def test_bad_requests_fail_clearly_in_the_session_loader_and_it_keeps_serving(
     checker, export_base, tmp_path
 ):
     bad = _bad_requests()
-    good = ("serving_default", "images", [_jpeg(scene(40, 70, seed=6))])
+    good = ("serving_default", "images", [encode_jpeg(scene(40, 70, seed=6))])
     requests = [good] + [(s, INPUT_KEYS[s], v) for s, v, _, _ in bad] + [good]
     report, proc = session_loader.run(checker, export_base / "1", requests, str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -253,7 +232,7 @@ def _documented_messages():
 
 
 def test_bad_requests_fail_clearly_in_python_and_it_keeps_serving(loaded_export):
-    good = [_jpeg(scene(40, 70, seed=6))]
+    good = [encode_jpeg(scene(40, 70, seed=6))]
     before = _python_outputs(loaded_export, "serving_default", good)
     messages = []
     for signature, value, index, words in _bad_requests():
@@ -277,7 +256,7 @@ def test_bad_requests_fail_clearly_in_python_and_it_keeps_serving(loaded_export)
 
 def test_saved_model_cli_run_serving_default(export_base, loaded_export, tmp_path):
     """``saved_model_cli run`` (the Session loader, from Python) on serving_default."""
-    jpeg = _jpeg(scene(90, 150, seed=1))
+    jpeg = encode_jpeg(scene(90, 150, seed=1))
     np.save(tmp_path / "images.npy", np.array([jpeg], dtype=object), allow_pickle=True)
     out_dir = tmp_path / "out"
     proc = subprocess.run(
@@ -297,7 +276,7 @@ def test_saved_model_cli_run_serving_default(export_base, loaded_export, tmp_pat
 def test_command_line_check_of_an_export(checker, export_base, tmp_path, capsys):
     """``python -m mnc_tf.export.session_loader EXPORT IMAGE``: the user-facing check."""
     path = tmp_path / "scene.jpg"
-    path.write_bytes(_jpeg(scene(90, 150, seed=1)))
+    path.write_bytes(encode_jpeg(scene(90, 150, seed=1)))
     assert session_loader.main([str(export_base), str(path), "--checker", checker]) == 0
     out = capsys.readouterr().out
     assert "loaded" in out and "tags=serve" in out
@@ -311,7 +290,7 @@ def test_command_line_check_prints_only_its_own_lines(checker, export_base, tmp_
     'PredictCost' warnings (mnc_tf.export imports TensorFlow lazily, so the command can quiet
     it first); --verbose brings TensorFlow's lines back."""
     path = tmp_path / "scene.jpg"
-    path.write_bytes(_jpeg(scene(90, 150, seed=1)))
+    path.write_bytes(encode_jpeg(scene(90, 150, seed=1)))
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     command = [sys.executable, "-m", "mnc_tf.export.session_loader", str(export_base), str(path)]
     command += ["--checker", checker]
