@@ -79,6 +79,8 @@ import tempfile
 
 import tensorflow as tf
 
+from mnc_tf.io_utils import atomic_path
+
 SIGNATURE_ENCODED = "serving_default"
 SIGNATURE_IMAGE_TENSOR = "serving_image_tensor"
 SIGNATURE_TF_EXAMPLE = "serving_tf_example"
@@ -543,7 +545,6 @@ def export_serving(
                 f,
                 indent=2,
             )
-        saved = os.path.join(staging, "model")
         with roi_warp_implementation(roi_warp):
             traced = {name: fn.get_concrete_function() for name, fn in functions.items()}
         module = tf.Module()
@@ -557,18 +558,17 @@ def export_serving(
         module.info_asset = tf.saved_model.Asset(info_path)
         setattr(module, INFER_FUNCTION, functions[INFER_FUNCTION])
         signatures = {name: traced[name] for name in SIGNATURES}
-        with roi_warp_implementation(roi_warp):  # saving may trace `infer` once more
-            tf.saved_model.save(module, saved, signatures=signatures)
-        if roi_warp == "reference":
-            custom = custom_ops_in_saved_model(saved)
-            if custom:
-                raise RuntimeError(
-                    f"export: the serving graph still contains custom ops {sorted(custom)}; "
-                    "a layer ignored roi_warp_implementation('reference')"
-                )
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        os.replace(saved, target)
+        # Written inside the staging directory, renamed to `target` once complete.
+        with atomic_path(target, temp_dir=staging, temp_prefix="model-") as saved:
+            with roi_warp_implementation(roi_warp):  # saving may trace `infer` once more
+                tf.saved_model.save(module, saved, signatures=signatures)
+            if roi_warp == "reference":
+                custom = custom_ops_in_saved_model(saved)
+                if custom:
+                    raise RuntimeError(
+                        f"export: the serving graph still contains custom ops "
+                        f"{sorted(custom)}; a layer ignored roi_warp_implementation('reference')"
+                    )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

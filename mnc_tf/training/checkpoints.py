@@ -56,6 +56,7 @@ import tensorflow as tf
 # Keras exports no public base class for fit() inputs; this one is stable since Keras 3.0.
 from keras.src.trainers.data_adapters.data_adapter import DataAdapter
 
+from mnc_tf.io_utils import atomic_path, atomic_write_json
 from mnc_tf.training import strategy as strategy_lib
 
 logger = logging.getLogger("mnc_tf.training")
@@ -459,18 +460,19 @@ def remove_interrupted_writes(model_dir) -> list[str]:
 
     ``checkpoints/ckpt-<step>_temp/`` (a checkpoint's shards staged by TensorFlow before they
     are merged under the final name), ``checkpoints/.scratch/`` (non-chief workers' saves),
-    ``export/.staging-*`` (a SavedModel being written), and the ``.tmp-*`` files of atomic
-    writes (``.keras`` models, JSON, ``config.yaml``). None of them is ever read: complete
-    writes are renamed into place. Call once at the start of a run, before anything writes.
+    ``export/.staging-*`` (a SavedModel being written), and the ``<name>.tmp-*`` files of
+    :mod:`mnc_tf.io_utils`' atomic writes (``.keras`` models, JSON, ``config.yaml``). None of
+    them is ever read: complete writes are renamed into place. Call once at the start of a
+    run, before anything writes.
     """
     patterns = [
         ("checkpoints", "ckpt-*_temp"),
         ("checkpoints", ".scratch"),
         ("checkpoints", "checkpoint.tmp*"),
         ("export", ".staging-*"),
-        (".tmp-*.keras",),
+        (".tmp-*.keras",),  # an earlier version's temporary .keras name
         ("*.tmp-*",),
-        ("*.json.tmp",),
+        ("*.json.tmp",),  # an earlier version's temporary best.keras.json name
     ]
     removed = []
     for parts in patterns:
@@ -507,15 +509,10 @@ def atomic_save_model(model: keras.Model, path: str):
     """
     if not str(path).endswith(".keras"):
         raise ValueError(f"path must end in '.keras', got {path!r}.")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}.keras")
-    try:
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_path(path, suffix=".keras") as tmp:  # model.save wants the .keras suffix
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
@@ -581,8 +578,5 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             "epoch": epoch + 1,
             "step": global_step(self.model),
         }
-        tmp = self.filepath + ".json.tmp"
-        with open(tmp, "w") as f:
-            json.dump(meta, f)
-        os.replace(tmp, self.filepath + ".json")
+        atomic_write_json(self.filepath + ".json", meta)
         logger.info("new best %s = %.4f, saved %s", self.monitor, value, self.filepath)

@@ -50,6 +50,7 @@ import time
 import types
 import uuid
 
+from mnc_tf.io_utils import atomic_write_json, atomic_write_text
 from mnc_tf.training import strategy as strategy_lib
 from mnc_tf.training.config import ExperimentConfig, load_config
 
@@ -335,18 +336,11 @@ def _check_resume_config(model_dir, config):
 
 
 def _write_config(model_dir, config):
-    path = os.path.join(model_dir, "config.yaml")
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "w") as f:
-        f.write(config.to_yaml())
-    os.replace(tmp, path)
+    atomic_write_text(os.path.join(model_dir, "config.yaml"), config.to_yaml())
 
 
 def _write_json(path, obj):
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=float)
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=1, default=float)
 
 
 # ---------------------------------------------------------------------------------- train
