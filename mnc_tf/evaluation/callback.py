@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import keras
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
 from mnc_tf.evaluation.evaluate import evaluate_model
-
-# Scalar-plugin metadata, as tensorboard.summary.scalar writes it; built here so the events
-# are TensorBoard scalars without importing the tensorboard package.
-_SCALAR_METADATA = summary_pb2.SummaryMetadata(
-    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
-    data_class=summary_pb2.DATA_CLASS_SCALAR,
-)
+from mnc_tf.training.summaries import _SCALAR_METADATA
 
 
 def write_scalars(writer, metrics, step):

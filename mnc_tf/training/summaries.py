@@ -36,15 +36,17 @@ from mnc_tf.training.checkpoints import global_step
 logger = logging.getLogger("mnc_tf.training")
 
 
-# Plugin metadata as tensorboard.summary.{scalar,image} write it (cf. mnc_tf.evaluation.callback).
+# Plugin metadata as tensorboard.summary.{scalar,image} write it, so that the events are
+# TensorBoard scalars and images without the tensorboard package (``tf.summary.write`` takes
+# the proto; mnc_tf.evaluation.callback uses the scalar one too).
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
     data_class=summary_pb2.DATA_CLASS_SCALAR,
-).SerializeToString()
+)
 _IMAGE_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="images"),
     data_class=summary_pb2.DATA_CLASS_BLOB_SEQUENCE,
-).SerializeToString()
+)
 
 
 def write_scalar(tag, value, step):
