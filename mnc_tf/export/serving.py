@@ -120,7 +120,7 @@ def label_map(model):
     Args:
       model: an object with optional ``class_names`` (sequence, ``class_names[label - 1]``)
         and ``category_ids`` (sequence of ints, ``category_ids[label - 1]``, may be ``None``)
-        and a ``config.num_classes`` or ``num_classes`` used when both are missing.
+        and a ``num_classes`` used when both are missing (an MNC model has all three).
 
     Returns:
       ``(category_ids, class_names)``: two lists of length ``num_classes``, index
@@ -130,8 +130,6 @@ def label_map(model):
     names = getattr(model, "class_names", None)
     ids = getattr(model, "category_ids", None)
     num_classes = getattr(model, "num_classes", None)
-    if num_classes is None:
-        num_classes = getattr(getattr(model, "config", None), "num_classes", None)
     if names is not None:
         num_classes = len(names)
     elif ids is not None:
@@ -139,7 +137,7 @@ def label_map(model):
     if num_classes is None:
         raise ValueError(
             "model: cannot tell the number of classes; expected `class_names`, `category_ids` "
-            "or `config.num_classes` on the model"
+            "or `num_classes` on the model"
         )
     names = [str(n) for n in names] if names is not None else None
     ids = [int(i) for i in ids] if ids is not None else list(range(1, num_classes + 1))

@@ -570,11 +570,8 @@ def train(
 
 def _export(model, export_dir):
     """SavedModel for TF Serving at ``export_dir/1`` (replacing an older export of this run)."""
-    try:
-        from mnc_tf.export.serving import export_serving
-    except ImportError as e:  # pragma: no cover - the export module is part of the package
-        logger.warning("SavedModel export unavailable (%s); skipped", e)
-        return None
+    from mnc_tf.export.serving import export_serving
+
     path = export_serving(model, export_dir, version=1, overwrite=True)
     logger.info("exported SavedModel to %s", path)
     return path
