@@ -137,7 +137,7 @@ def main(argv=None):
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    resized, info = resize_image(image, config.short_side, config.max_side)
+    resized, info = resize_image(image, config.input.short_side, config.input.max_side)
     features = {"images": resized[None], "image_info": info[None]}
     features_np = {k: v.numpy() for k, v in features.items()}
 
@@ -187,7 +187,7 @@ def main(argv=None):
         "image_size": [height, width],
         "resized_size": [int(v) for v in info[1].numpy()],
         "num_classes": args.num_classes,
-        "max_detections": config.max_detections,
+        "max_detections": config.postprocess.max_detections,
         "iters": args.iters,
         "latency_ms": {k: None if v is None else round(v, 2) for k, v in results.items()},
         "overhead_pct": {

@@ -60,7 +60,7 @@ import tensorflow as tf  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 
 from mnc_tf.data import coco_dataset, make_shapes_dataset  # noqa: E402
-from mnc_tf.data.coco import CocoSource  # noqa: E402
+from mnc_tf.data.coco_source import CocoSource  # noqa: E402
 
 BATCH = 2
 
@@ -186,7 +186,7 @@ def _stages(shapes, side, max_instances):
     n = len(source.records)
 
     def load():
-        ds = tf.data.Dataset.range(n).map(source._load_tf, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = tf.data.Dataset.range(n).map(source.load_tf, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     cached = source.dataset(

@@ -75,12 +75,16 @@ def head_flops(model, rois, feat_h, feat_w):
     cfg = model.config
     c = model.backbone.output_shape[-1]
     a = model.anchor_generator.num_anchors
-    rpn = 2 * feat_h * feat_w * (9 * c * cfg.rpn_conv_filters + cfg.rpn_conv_filters * 5 * a)
-    s = cfg.roi_pooled_size
-    p = cfg.class_pool_size
-    mask = 2 * rois * (s * s * c * cfg.mask_fc_dim + cfg.mask_fc_dim * cfg.mask_size**2)
-    path = p * p * c * cfg.fc_dim + cfg.fc_dim * cfg.fc_dim
-    cls = 2 * rois * (2 * path + 2 * cfg.fc_dim * 5 * (model.num_classes + 1))
+    rpn = 2 * feat_h * feat_w * (9 * c * cfg.rpn.conv_filters + cfg.rpn.conv_filters * 5 * a)
+    s = cfg.heads.roi_pooled_size
+    p = cfg.heads.class_pool_size
+    mask = (
+        2
+        * rois
+        * (s * s * c * cfg.heads.mask_fc_dim + cfg.heads.mask_fc_dim * cfg.heads.mask_size**2)
+    )
+    path = p * p * c * cfg.heads.fc_dim + cfg.heads.fc_dim * cfg.heads.fc_dim
+    cls = 2 * rois * (2 * path + 2 * cfg.heads.fc_dim * 5 * (model.num_classes + 1))
     return rpn, mask, cls
 
 
@@ -148,7 +152,7 @@ def precision_main(args):
             load1 = os.getloadavg()[0]
             bb_flops = graph_conv_flops(lambda x, m=m32: m.backbone(m.normalizer(x)), h, w)
             fh, fw = -(-h // m32.feature_stride), -(-w // m32.feature_stride)
-            rpn, mask, cls = head_flops(m32, m32.config.rpn_post_nms_topk_test, fh, fw)
+            rpn, mask, cls = head_flops(m32, m32.config.rpn.post_nms_topk_test, fh, fw)
             total = bb_flops + rpn + 2 * (mask + cls)
             entry = {"backbone": backbone, "image": [h, w], "seconds": seconds}
             entry["gflops"] = {
@@ -285,7 +289,7 @@ def main():
         "backbone": backbone,
         "image": [h, w],
         "batch": 1,
-        "proposals": cfg.rpn_post_nms_topk_test,
+        "proposals": cfg.rpn.post_nms_topk_test,
         "threads": args.threads or "default",
     }
     models = {s: MNC(args.num_classes, backbone=backbone, num_stages=s, config=cfg) for s in (3, 5)}
@@ -332,7 +336,7 @@ def main():
 
     feat = backbone_fwd(images).shape
     bb_flops = conv_dense_flops(m5.backbone, h, w)
-    rpn, mask, cls = head_flops(m5, cfg.rpn_post_nms_topk_test, feat[1], feat[2])
+    rpn, mask, cls = head_flops(m5, cfg.rpn.post_nms_topk_test, feat[1], feat[2])
     results.update(
         seconds=seconds,
         ratios={

@@ -85,9 +85,9 @@ def _child(spec):
         repeat=True,
         flip=True,
         seed=0,
-        short_side=mnc.short_side,
-        max_side=mnc.max_side,
-        max_instances=mnc.max_instances,
+        short_side=mnc.input.short_side,
+        max_side=mnc.input.max_side,
+        max_instances=mnc.input.max_instances,
     )
     plain = fn(None)
     pipeline = strategy.distribute_datasets_from_function(fn) if devices > 1 else plain
@@ -144,7 +144,7 @@ def _child(spec):
         "devices": devices,
         "replicas": strategy.num_replicas_in_sync,
         "global_batch": global_batch,
-        "image_size": [mnc.short_side, mnc.max_side],
+        "image_size": [mnc.input.short_side, mnc.input.max_side],
         "steps_timed": spec["steps"],
         "memory_images_per_s": round(mem, 3),
         "memory_runs_images_per_s": [round(v, 3) for v in mem_runs],

@@ -44,9 +44,9 @@ def main(argv=None):
         args.images,
         batch_size=args.batch_size,
         training=False,
-        short_side=cfg.short_side,
-        max_side=cfg.max_side,
-        max_instances=cfg.max_instances,
+        short_side=cfg.input.short_side,
+        max_side=cfg.input.max_side,
+        max_instances=cfg.input.max_instances,
     )
     results = {"model": args.model, "images": args.images, "precision": args.precision}
     for name, m in (("float32", with_precision(model, "float32")),

@@ -138,7 +138,9 @@ def main(argv=None):
         outputs["detection_scores"][0, :n],
         labels,
         score_threshold=(
-            model.config.predict_score_threshold if args.threshold is None else args.threshold
+            model.config.postprocess.predict_score_threshold
+            if args.threshold is None
+            else args.threshold
         ),
     )
     print(f"4. picture: {picture_path}")

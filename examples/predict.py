@@ -39,12 +39,16 @@ def main(argv=None):
     from mnc_tf.data.preprocess import resize_image
 
     model = mnc_tf.load_model(args.model)  # registers the mnc_tf classes first
-    threshold = model.config.predict_score_threshold if args.threshold is None else args.threshold
+    threshold = (
+        model.config.postprocess.predict_score_threshold
+        if args.threshold is None
+        else args.threshold
+    )
     cfg = model.config
     os.makedirs(args.out, exist_ok=True)
     for path in args.images:
         original = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        image, info = resize_image(original, cfg.short_side, cfg.max_side)
+        image, info = resize_image(original, cfg.input.short_side, cfg.input.max_side)
         out = model.predict_on_batch(
             {"images": image[None], "image_info": info[None]}
         )  # boxes in resized-image pixels

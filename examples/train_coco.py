@@ -52,7 +52,7 @@ def main(argv=None):
             f"data.val_images={os.path.join(args.coco_dir, 'val2017')}",
         ]
     if args.backbone_weights:
-        overrides.append(f"model.backbone_weights={args.backbone_weights}")
+        overrides.append(f"model.backbone_options.weights={args.backbone_weights}")
     config = load_config(args.config, overrides + args.overrides)
     train(config, args.model_dir)
 
@@ -67,9 +67,9 @@ def main(argv=None):
         config.data.val_images,
         batch_size=1,
         training=False,
-        short_side=mnc.short_side,
-        max_side=mnc.max_side,
-        max_instances=mnc.max_instances,
+        short_side=mnc.input.short_side,
+        max_side=mnc.input.max_side,
+        max_instances=mnc.input.max_instances,
     )
     model = keras.models.load_model(os.path.join(args.model_dir, "final.keras"))
     evaluator = COCOEvaluator(config.data.val_annotations, category_ids=val.info.category_ids)

@@ -1,7 +1,7 @@
 """Train a 5-stage MNC on synthetic shapes on a CPU, evaluate it on held-out images.
 
     python examples/train_shapes.py                      # ~15-20 min on a 2-core CPU
-    python examples/train_shapes.py --set model.total_steps=300 --model-dir runs/quick
+    python examples/train_shapes.py --set model.optimizer.total_steps=300 --model-dir runs/quick
 
 What it does:
 
@@ -81,9 +81,9 @@ def main(argv=None):
         os.path.join(val_dir, "images"),
         batch_size=4,
         training=False,
-        short_side=mnc.short_side,
-        max_side=mnc.max_side,
-        max_instances=mnc.max_instances,
+        short_side=mnc.input.short_side,
+        max_side=mnc.input.max_side,
+        max_instances=mnc.input.max_instances,
     )
     model = keras.models.load_model(os.path.join(args.model_dir, "final.keras"))
     eval_start = time.time()

@@ -1,7 +1,7 @@
 """Reproduce the paper's PASCAL VOC experiment: 5-stage MNC, VGG-16, SBD masks, mAP^r.
 
     python examples/train_voc.py --sbd-root /data/SBD/dataset \
-        --model-dir runs/voc [--set model.total_steps=80000 ...]
+        --model-dir runs/voc [--set model.optimizer.total_steps=80000 ...]
 
 Trains with ``configs/voc2012_vgg16_mnc5.yaml`` (the paper's settings, DESIGN.md §1) on every
 GPU of the machine (``MirroredStrategy``; ``TF_CONFIG`` for several machines), then scores the
@@ -45,7 +45,7 @@ def main(argv=None):
 
     overrides = [f"data.root={args.sbd_root}"]
     if args.backbone_weights:
-        overrides.append(f"model.backbone_weights={args.backbone_weights}")
+        overrides.append(f"model.backbone_options.weights={args.backbone_weights}")
     config = load_config(args.config, overrides + args.overrides)
     train(config, args.model_dir)
 
@@ -60,8 +60,8 @@ def main(argv=None):
         config.data.val_split,
         layout="sbd",
         training=False,
-        short_side=mnc.short_side,
-        max_side=mnc.max_side,
+        short_side=mnc.input.short_side,
+        max_side=mnc.input.max_side,
     )
     model = keras.models.load_model(os.path.join(args.model_dir, "final.keras"))
     metrics = evaluate_model(model, val, [VOCEvaluator(val.info.num_classes)])

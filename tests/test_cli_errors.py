@@ -103,10 +103,10 @@ def test_train_bad_yaml_values_name_the_file_and_key(tmp_path, text, fragments):
 @pytest.mark.parametrize(
     "override, fragments",
     [
-        ("model.anchor_scales=[4,8", ["--set model.anchor_scales", "'[4,8'", "a list"]),
+        ("model.rpn.anchor_scales=[4,8", ["--set model.anchor_scales", "'[4,8'", "a list"]),
         ("model.backbone=resnet9000", ["model.backbone", "vgg16", "'resnet9000'"]),
         ("model.num_stages=4", ["model.num_stages", "odd number >= 3", "4"]),
-        ("model.learning_rate=fast", ["--set model.learning_rate", "a number", "'fast'"]),
+        ("model.optimizer.learning_rate=fast", ["--set model.learning_rate", "a number", "'fast'"]),
     ],
 )
 def test_train_bad_overrides_fail_before_any_data_or_file(tmp_path, override, fragments):

@@ -34,7 +34,7 @@ def test_summary_before_and_after_call_and_after_load(tmp_path):
     after = _summary(model)
     # The RoI features: any number of boxes, pooled_size x pooled_size cells, the backbone's
     # channels (tiny_out_channels = 64 in this preset).
-    pooled = config.roi_pooled_size
+    pooled = config.heads.roi_pooled_size
     assert f"(None, {pooled}, {pooled}, 64)" in _roi_warp_row(after)
     total = [line for line in after.splitlines() if "Total params" in line]
     assert total == [line for line in before.splitlines() if "Total params" in line]

@@ -1,5 +1,5 @@
 """Predictions drawn or written by our tools use the model's score threshold by default
-(``MNCConfig.predict_score_threshold``, 0.5); ``--threshold`` overrides it."""
+(``MNCConfig.postprocess.predict_score_threshold``, 0.5); ``--threshold`` overrides it."""
 
 import json
 

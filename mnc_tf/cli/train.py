@@ -2,7 +2,7 @@
 
     mnc-train --config configs/shapes_tiny_mnc5.yaml --model-dir runs/shapes
     mnc-train --config configs/voc2012_vgg16_mnc5.yaml --set data.root=/data/SBD \\
-        --set model.backbone_weights=/weights/vgg16.h5 --model-dir runs/voc
+        --set model.backbone_options.weights=/weights/vgg16.h5 --model-dir runs/voc
 
 ``--set section.key=value`` overrides any config key (repeatable; values are parsed as YAML
 and coerced to the key's type). Running the same command again resumes from the latest
@@ -35,7 +35,7 @@ def _parser():
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. --set model.total_steps=1000 (repeatable)",
+        help="override a config key, e.g. --set model.optimizer.total_steps=1000 (repeatable)",
     )
     parser.add_argument(
         "--model-dir",

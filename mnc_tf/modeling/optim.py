@@ -143,9 +143,9 @@ def build_optimizer(config):
     )
     wd = config.weight_decay or None
     common = dict(learning_rate=schedule, weight_decay=wd, clipnorm=config.clipnorm)
-    if config.optimizer == "sgd":
+    if config.optimizer.name == "sgd":
         opt = CaffeSGD(momentum=config.momentum, bias_lr_mult=config.bias_lr_mult, **common)
-    elif config.optimizer == "adam":
+    elif config.optimizer.name == "adam":
         opt = keras.optimizers.Adam(**common)
     else:
         opt = keras.optimizers.AdamW(**{**common, "weight_decay": config.weight_decay})
