@@ -7,7 +7,7 @@
   ``load_config`` (YAML + ``--set`` overrides).
 """
 
-from mnc_tf.config.base import ConfigNode, apply_overrides, closest_key_error
+from mnc_tf.config.base import ConfigNode, closest_key_error
 from mnc_tf.config.experiment import (
     BACKBONE_NAMES,
     DATA_FORMATS,
@@ -18,6 +18,7 @@ from mnc_tf.config.experiment import (
     ModelConfig,
     ShapesConfig,
     TrainConfig,
+    apply_overrides,
     load_config,
 )
 from mnc_tf.config.model import (

@@ -4,7 +4,7 @@ A config is a tree of dataclasses deriving from :class:`ConfigNode`. ``from_dict
 tree: an unknown key raises ``ValueError`` naming its dotted path and the closest valid key,
 a value is coerced to its field's type (YAML scalars, or strings from ``--set``) or rejected
 with the path, and each node's ``validate()`` runs once built. ``to_dict`` is the inverse
-(plain lists and dicts, YAML/JSON-serialisable). ``apply_overrides`` applies ``a.b.c=value``
+(plain lists and dicts, YAML/JSON-serialisable). ``override_dict`` applies ``a.b.c=value``
 strings (the CLIs' ``--set``) against the same types.
 
 No TensorFlow here: configs are checked before anything heavy is imported.
@@ -333,7 +333,7 @@ def override_type(root, parts: list[str], path: str):
     return typ
 
 
-def apply_overrides(root, d: dict, overrides: Iterable[str]) -> dict:
+def override_dict(root, d: dict, overrides: Iterable[str]) -> dict:
     """Apply ``a.b=value`` overrides to the nested dict ``d`` of node class ``root`` (a copy).
 
     Values are parsed as YAML (``1e-3`` → float, ``[1, 2]`` → list, ``null`` → None) and coerced

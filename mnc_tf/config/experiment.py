@@ -33,7 +33,7 @@ from collections.abc import Iterable
 
 import yaml
 
-from mnc_tf.config.base import ConfigNode, apply_overrides
+from mnc_tf.config.base import ConfigNode, override_dict
 from mnc_tf.config.model import LEGACY_KEYS, MNCConfig
 
 # Backbone names ``mnc_tf.MNC`` builds (``mnc_tf.modeling.backbones.factory.BACKBONES``; repeated
@@ -201,6 +201,15 @@ class ExperimentConfig(ConfigNode):
         return self.model.mnc_config()
 
 
+def apply_overrides(d: dict, overrides: Iterable[str]) -> dict:
+    """Apply ``section.key=value`` overrides (``--set``) to the experiment dict ``d`` (a copy).
+
+    Values are parsed as YAML (``1e-3`` → float, ``[1, 2]`` → list, ``null`` → None) and
+    coerced to the type of the field they set; the key path is checked against the tree.
+    """
+    return override_dict(ExperimentConfig, d, overrides)
+
+
 def load_config(path: str | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
     """Read a YAML experiment config, apply ``overrides`` and validate.
 
@@ -225,5 +234,5 @@ def load_config(path: str | None = None, overrides: Iterable[str] = ()) -> Exper
                 raise ValueError(f"Config file {path} is not valid YAML: {problem}{where}") from e
         if not isinstance(d, dict):
             raise ValueError(f"Config file {path} must hold a mapping, got {type(d).__name__}.")
-    d = apply_overrides(ExperimentConfig, d, overrides)
+    d = apply_overrides(d, overrides)
     return ExperimentConfig.from_dict(d)

@@ -4,12 +4,12 @@ import os
 
 import pytest
 import yaml
-from training_testutil import REPO
 
 from mnc_tf.config import MNCConfig
 from mnc_tf.training import strategy as strategy_lib
 from mnc_tf.training.config import ExperimentConfig, apply_overrides, load_config
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "configs")
 
 
@@ -22,7 +22,10 @@ def _write(tmp_path, cfg):
 @pytest.mark.parametrize(
     "cfg, names",
     [
-        ({"model": {"learnig_rate": 0.1}}, ("model.learnig_rate", "model.learning_rate")),
+        (
+            {"model": {"optimizer": {"learnig_rate": 0.1}}},
+            ("model.optimizer.learnig_rate", "model.optimizer.learning_rate"),
+        ),
         ({"model": {"backbon": "tiny"}}, ("model.backbon", "model.backbone")),
         (
             {"data": {"per_replica_batchsize": 2}},
@@ -56,7 +59,8 @@ def test_unknown_key_names_it_and_the_closest(tmp_path, cfg, names):
         ({"data": {"per_replica_batch_size": 0}}, "data.per_replica_batch_size must be >= 1"),
         ({"data": {"shapes": 3}}, "must be a mapping"),
         # Values are checked by MNCConfig itself.
-        ({"model": {"rpn_nms_iou": 1.5}}, "rpn_nms_iou"),
+        ({"model": {"rpn": {"nms_iou": 1.5}}}, "rpn.nms_iou must be in (0, 1]"),
+        ({"model": {"rpn_nms_iou": 0.5}}, "is now 'model.rpn.nms_iou'"),
         ({"model": {"num_stages": "five"}}, "model.num_stages: expected an integer"),
     ],
 )
@@ -79,11 +83,11 @@ def test_overrides_coerce_to_the_field_type():
     cfg = load_config(
         None,
         [
-            "model.learning_rate=1e-2",  # PyYAML reads 1e-2 as a string: coerced to float
-            "model.total_steps=500",
-            "model.anchor_scales=[2, 4, 8]",
-            "model.clipnorm=null",
-            "model.box_gradient=false",
+            "model.optimizer.learning_rate=1e-2",  # PyYAML reads 1e-2 as a string: coerced to float
+            "model.optimizer.total_steps=500",
+            "model.rpn.anchor_scales=[2, 4, 8]",
+            "model.optimizer.clipnorm=null",
+            "model.cascade.box_gradient=false",
             "train.checkpoint_every=25",
             "train.scale_learning_rate=no",
             "data.shapes.seed=7",
@@ -91,12 +95,12 @@ def test_overrides_coerce_to_the_field_type():
             "data.loader_options.scale_jitter=[0.8, 1.2]",
         ],
     )
-    assert cfg.model["learning_rate"] == pytest.approx(0.01)
-    assert isinstance(cfg.model["learning_rate"], float)
-    assert cfg.model["total_steps"] == 500
-    assert tuple(cfg.model["anchor_scales"]) == (2, 4, 8)
-    assert cfg.model["clipnorm"] is None
-    assert cfg.model["box_gradient"] is False
+    assert cfg.model.optimizer.learning_rate == pytest.approx(0.01)
+    assert isinstance(cfg.model.optimizer.learning_rate, float)
+    assert cfg.model.optimizer.total_steps == 500
+    assert tuple(cfg.model.rpn.anchor_scales) == (2, 4, 8)
+    assert cfg.model.optimizer.clipnorm is None
+    assert cfg.model.cascade.box_gradient is False
     assert cfg.train.checkpoint_every == 25
     assert cfg.train.scale_learning_rate is False
     assert cfg.data.shapes.seed == 7
@@ -105,9 +109,9 @@ def test_overrides_coerce_to_the_field_type():
     # The model section becomes the MNCConfig the model is built from.
     mnc = cfg.mnc_config()
     assert isinstance(mnc, MNCConfig)
-    assert mnc.total_steps == 500 and mnc.box_gradient is False
+    assert mnc.optimizer.total_steps == 500 and mnc.cascade.box_gradient is False
     # What a run records in model_dir/config.yaml reads back to the same config.
-    assert yaml.safe_load(cfg.to_yaml())["model"]["anchor_scales"] == [2, 4, 8]
+    assert yaml.safe_load(cfg.to_yaml())["model"]["rpn"]["anchor_scales"] == [2, 4, 8]
     assert ExperimentConfig.from_dict(yaml.safe_load(cfg.to_yaml())).to_dict() == cfg.to_dict()
 
 
@@ -117,8 +121,9 @@ def test_overrides_coerce_to_the_field_type():
         ("train.steps", "must look like 'section.key=value'"),
         ("steps=3", "must name a section and a key"),
         ("train.chekpoint_every=3", "Did you mean 'train.checkpoint_every'"),
-        ("model.mask_siz=21", "Did you mean 'model.mask_size'"),
-        ("model.mask_size.x=1", "has no sub-keys"),
+        ("model.heads.mask_siz=21", "Did you mean 'model.heads.mask_size'"),
+        ("model.heads.mask_size.x=1", "has no sub-keys"),
+        ("model.total_steps=1", "is now 'model.optimizer.total_steps'"),
         ("train.checkpoint_every=1.5", "expected an integer"),
         ("data.shapes=3", "is a section"),
     ],
@@ -147,20 +152,21 @@ def test_shipped_configs_hold_the_paper_settings():
     shapes = load_config(os.path.join(CONFIGS, "shapes_tiny_mnc5.yaml"))
     for cfg, backbone in ((voc, "vgg16"), (coco, "resnet101")):
         m = cfg.mnc_config()
-        assert cfg.model["backbone"] == backbone and cfg.model["num_stages"] == 5
+        assert cfg.model.backbone == backbone and cfg.model.num_stages == 5
         # DESIGN.md §1: SGD momentum 0.9, wd 5e-4, lr 1e-3 for 32k then 1e-4 for 8k, with
         # 8 GPUs x 1 image; 600/1000 px; 256 anchors/image; 64 RoIs/image.
-        assert (m.optimizer, m.momentum, m.weight_decay) == ("sgd", 0.9, 5e-4)
-        assert m.learning_rate == 1e-3 and cfg.train.reference_batch_size == 8
+        opt = m.optimizer
+        assert (opt.name, opt.momentum, opt.weight_decay) == ("sgd", 0.9, 5e-4)
+        assert opt.learning_rate == 1e-3 and cfg.train.reference_batch_size == 8
         assert cfg.data.per_replica_batch_size == 1
-        assert (m.short_side, m.max_side) == (600, 1000)
-        assert m.rpn_batch_size_per_image == 256 and m.roi_batch_size_per_image == 64
-        assert m.anchor_scales == (8.0, 16.0, 32.0) and m.anchor_ratios == (0.5, 1.0, 2.0)
+        assert (m.input.short_side, m.input.max_side) == (600, 1000)
+        assert m.rpn.batch_size_per_image == 256 and m.roi_sampling.batch_size_per_image == 64
+        assert m.rpn.anchor_scales == (8.0, 16.0, 32.0) and m.rpn.anchor_ratios == (0.5, 1.0, 2.0)
         assert cfg.data.flip is True
-    assert voc.mnc_config().total_steps == 40000
-    assert voc.mnc_config().lr_drop_fraction == pytest.approx(0.2)  # 32k + 8k
+    assert voc.mnc_config().optimizer.total_steps == 40000
+    assert voc.mnc_config().optimizer.lr_drop_fraction == pytest.approx(0.2)  # 32k + 8k
     assert voc.data.format == "sbd" and coco.data.format == "coco"
-    assert shapes.data.format == "shapes" and shapes.model["backbone"] == "tiny"
+    assert shapes.data.format == "shapes" and shapes.model.backbone == "tiny"
     assert shapes.data.shapes.num_val_images > 0
 
 
@@ -216,10 +222,10 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert main(["--config", path, "--set", "train.x"]) == 2
     assert main(["--config", path, "--strategy", "bogus"]) == 2  # argparse choices
     ok = _write(tmp_path, {"train": {"checkpoint_every": 7}})
-    assert main(["--config", ok, "--print-config", "--set", "model.total_steps=70"]) == 0
+    assert main(["--config", ok, "--print-config", "--set", "model.optimizer.total_steps=70"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["train"]["checkpoint_every"] == 7
-    assert printed["model"]["total_steps"] == 70
+    assert printed["model"]["optimizer"]["total_steps"] == 70
 
 
 def test_experiment_from_dict_rejects_non_mappings():
