@@ -2,8 +2,17 @@
 
 ``num_stages = 3``: ``[mask(2), class(3)]``; ``5``: ``[mask(2), class(3), mask(4), class(5)]``
 with stage 4 sharing stage 2's head and stage 5 sharing stage 3's (the paper's 5-stage
-cascade); any odd ``num_stages`` ≥ 3 just lengthens the list. A mask stage that follows a
-class stage runs on that class stage's regressed boxes.
+cascade); any odd ``num_stages`` ≥ 3 just lengthens the list. Each :class:`StageDef` holds
+its head layer. A mask stage that follows a class stage runs on that class stage's regressed
+boxes.
+
+:meth:`Cascade.run` is the one loop (Detectron2's ``CascadeROIHeads`` shape): it runs every
+stage and collects a :class:`StageOutput` per stage; :meth:`Cascade.losses` (training) or
+:meth:`Cascade.instances` (inference) are computed from the collected outputs afterwards.
+With targets (training) the loop also labels each stage's RoIs, because the labels steer the
+forward pass: stage 4's RoIs are relabelled (:func:`mnc_tf.modeling.matching.label_rois`,
+the RoI sampler's rule) and a class stage passes gradient to the mask head through the soft
+masks of its mask-level foreground only.
 
 Per stage the data flow is (shapes per image batch, ``R`` RoIs per image):
 
@@ -14,6 +23,7 @@ Per stage the data flow is (shapes per image batch, ``R`` RoIs per image):
 """
 
 import dataclasses
+from typing import Any
 
 import tensorflow as tf
 
@@ -35,76 +45,223 @@ class StageDef:
     Attributes:
       number: the paper's stage number (2, 3, 4, ...).
       kind: ``"mask"`` or ``"class"``.
-      head: name of the (shared) head layer that computes it.
+      head: the head layer that computes it (a MaskHead or a ClassHead; the same object for
+        stages 2, 4, ... and for 3, 5, ...).
       loss_suffix: appended to the stage's loss names (``""`` for stages 2–3, ``"_4"``...).
     """
 
     number: int
     kind: str
-    head: str
+    head: Any
     loss_suffix: str
 
 
-def cascade_stages(num_stages):
-    """The stage list of an ``num_stages``-stage MNC (odd, ≥ 3; stage 1 is the RPN)."""
+@dataclasses.dataclass
+class StageOutput:
+    """What one stage computed (tensors per image batch, ``R`` RoIs per image).
+
+    ``rois``, ``valid``, ``mask_logits``: the RoIs the stage ran on and the mask head's
+    logits on them (a class stage: those of the mask stage before it). ``box_labels``
+    (training): :func:`mnc_tf.modeling.matching.label_rois` of these RoIs. Class stages also
+    carry ``cls_logits``, ``box_deltas``, ``det_logits`` (training with ``det_classifier``)
+    and ``cls_labels`` (training: the mask-level labels).
+    """
+
+    stage: StageDef
+    rois: tf.Tensor
+    valid: tf.Tensor
+    mask_logits: tf.Tensor
+    warped: tf.Tensor
+    box_labels: dict | None = None
+    cls_logits: tf.Tensor | None = None
+    box_deltas: tf.Tensor | None = None
+    det_logits: tf.Tensor | None = None
+    cls_labels: tf.Tensor | None = None
+
+
+def check_num_stages(num_stages):
+    """Raise ValueError unless ``num_stages`` is an odd int ≥ 3."""
     if not isinstance(num_stages, int) or num_stages < 3 or num_stages % 2 == 0:
         raise ValueError(
             f"num_stages must be an odd int >= 3 (3 or 5 in the paper), got {num_stages!r}"
         )
+
+
+def cascade_stages(num_stages, mask_head=None, class_head=None):
+    """The stage list of an ``num_stages``-stage MNC (odd, ≥ 3; stage 1 is the RPN); mask
+    stages hold ``mask_head``, class stages ``class_head``."""
+    check_num_stages(num_stages)
     stages = []
     for number in range(2, num_stages + 1):
         kind = MASK if number % 2 == 0 else CLASS
         suffix = "" if number <= 3 else f"_{number}"
-        stages.append(StageDef(number, kind, f"{kind}_head", suffix))
+        stages.append(StageDef(number, kind, mask_head if kind == MASK else class_head, suffix))
     return stages
 
 
-def loss_names(stages, det_classifier=False):
-    """Names of the cascade's loss terms, in stage order (``det_cls_loss*``: the box-level
-    classifier of ``MNCConfig.det_classifier``)."""
-    names = []
+def loss_terms(stages, det_classifier=False):
+    """``(loss name, term)`` of the cascade's losses, in stage order.
+
+    The term keys the loss weight (:func:`mnc_tf.modeling.losses.loss_weights`); the name is
+    the term's ``<term>_loss`` plus the stage's suffix (``mask_loss_4``, ``cls_loss_5``).
+    ``det_cls``: the box-level classifier of ``MNCConfig.det_classifier``.
+    """
+    terms = []
     for st in stages:
-        if st.kind == MASK:
-            names.append("mask_loss" + st.loss_suffix)
-        else:
-            names.append("cls_loss" + st.loss_suffix)
-            if det_classifier:
-                names.append("det_cls_loss" + st.loss_suffix)
-            names.append("box_loss" + st.loss_suffix)
-    return names
+        kinds = ("mask",) if st.kind == MASK else ("cls", "det_cls", "box")
+        for term in kinds:
+            if term != "det_cls" or det_classifier:
+                terms.append((f"{term}_loss{st.loss_suffix}", term))
+    return terms
 
 
 class Cascade:
-    """Runs the stage list with the given heads (weights are shared by head name).
+    """Runs the stage list (each stage with its own :attr:`StageDef.head`).
 
     Args:
       stages: list of :class:`StageDef`.
-      heads: dict head name → layer (``"mask_head"`` → MaskHead, ``"class_head"`` → ClassHead).
       roi_warp: the RoI warp layer.
       config: :class:`mnc_tf.MNCConfig`.
       num_classes: N.
     """
 
-    def __init__(self, stages, heads, roi_warp, config, num_classes):
+    def __init__(self, stages, roi_warp, config, num_classes):
         self.stages = list(stages)
-        self.heads = heads
         self.roi_warp = roi_warp
         self.config = config
         self.num_classes = int(num_classes)
 
-    # ------------------------------------------------------------------ shared pieces
+    # ------------------------------------------------------------------ the loop
+    def run(self, features, image_size, rois, valid, training=False, targets=None):
+        """Run every stage; one :class:`StageOutput` per stage.
+
+        Args:
+          features: ``[B, h, w, C]`` backbone features; image_size: float32 ``[B, 2]``.
+          rois: float32 ``[B, R, 4]`` stage 2's RoIs (proposals, or the training sample);
+          valid: bool ``[B, R]``.
+          training: passed to the heads.
+          targets: None (inference), or (training) a dict ``gt`` (``boxes [B, N, 4],
+            labels [B, N], valid [B, N], masks [B, N, H, W]``), ``box_labels`` (stage 2's
+            RoI labels: :func:`mnc_tf.modeling.stage2_mask.roi_sampler.sample_rois`' ``fg``,
+            ``matched``, ``labels``) and ``grad_scale`` (scalar, d(differentiated
+            loss)/d(one image's loss), for the gradient clamps).
+        """
+        cfg = self.config
+        gt = None if targets is None else targets["gt"]
+        box_labels = None if targets is None else targets["box_labels"]
+        grad_scale = None if targets is None else targets["grad_scale"]
+        batch = tf.shape(features)[0]
+        outputs = []
+        for st in self.stages:
+            prev = outputs[-1] if outputs else None
+            if st.kind == MASK:
+                if prev is not None:
+                    # Stage 4+: regress with the highest-scoring object class (released code).
+                    pred = tf.cast(tf.argmax(prev.cls_logits[..., 1:], axis=-1), tf.int32) + 1
+                    rois = self._refine(rois, prev.box_deltas, pred, valid, image_size, grad_scale)
+                    if gt is not None:
+                        if cfg.bridge_add_gt:
+                            rois, valid = _append_gt(rois, valid, gt["boxes"], gt["valid"])
+                        box_labels = matching.label_rois(
+                            rois, valid, gt["boxes"], gt["labels"], gt["valid"], cfg.roi_fg_iou
+                        )
+                warped, mask_logits = self._mask_logits(features, rois, training, st.head)
+                outputs.append(StageOutput(st, rois, valid, mask_logits, warped, box_labels))
+            else:
+                out = dataclasses.replace(prev, stage=st)
+                grad_rows = None
+                if gt is not None:
+                    # Mask-level labels first: they decide which RoIs' soft masks pass gradient.
+                    out.cls_labels = self._class_labels(out, gt)
+                    if cfg.mask_pathway_grad_fg_only:
+                        grad_rows = out.cls_labels > 0
+                det = gt is not None and cfg.det_classifier
+                logits = self._classify(
+                    out.warped, out.mask_logits, batch, training, grad_rows, det, st.head
+                )
+                out.cls_logits, out.box_deltas = logits[0], logits[1]
+                if det:
+                    out.det_logits = logits[2]
+                outputs.append(out)
+        return outputs
+
+    # ------------------------------------------------------------------ after the loop
+    def losses(self, outputs, gt):
+        """Per-image losses of the stages, dict loss name → float32 ``[B]`` (names and order
+        of :func:`loss_terms`)."""
+        cfg = self.config
+        out = {}
+        for o in outputs:
+            st, lab = o.stage, o.box_labels
+            if st.kind == MASK:
+                targets = mask_targets(
+                    gt["masks"], o.rois, lab["matched"], cfg.mask_size, cfg.mask_target_threshold
+                )
+                out["mask_loss" + st.loss_suffix] = losses.mask_loss(
+                    o.mask_logits, targets, lab["fg"]
+                )
+                continue
+            box_t = class_targets.box_targets(
+                o.rois, gt["boxes"], lab["matched"], cfg.box_regression_weights
+            )
+            out["cls_loss" + st.loss_suffix] = losses.class_loss(
+                o.cls_logits, o.cls_labels, o.valid
+            )
+            if o.det_logits is not None:
+                out["det_cls_loss" + st.loss_suffix] = losses.class_loss(
+                    o.det_logits, lab["labels"], o.valid
+                )
+            out["box_loss" + st.loss_suffix] = losses.box_loss(
+                o.box_deltas, lab["labels"], box_t, lab["fg"], o.valid, cfg.box_smooth_l1_beta
+            )
+        return out
+
+    def instances(self, outputs):
+        """Instances of every class stage, merged (the paper's 5-stage test-time merge).
+
+        Returns:
+          ``(boxes [B, J, 4], mask_probs [B, J, m, m], class_probs [B, J, N+1], valid [B, J])``
+          with ``J = R · (number of class stages)``.
+        """
+        classified = [o for o in outputs if o.stage.kind == CLASS]
+        boxes = tf.concat([o.rois for o in classified], axis=1)
+        masks = tf.concat([tf.sigmoid(o.mask_logits) for o in classified], axis=1)
+        probs = tf.concat([tf.nn.softmax(o.cls_logits) for o in classified], axis=1)
+        valid = tf.concat([o.valid for o in classified], axis=1)
+        return boxes, masks, probs, valid
+
+    def train(self, features, image_size, sample, gt, grad_scale, training=True):
+        """Losses of all stages after the RPN: :meth:`run` on the RoI ``sample``
+        (:func:`mnc_tf.modeling.stage2_mask.roi_sampler.sample_rois`), then :meth:`losses`."""
+        targets = {"gt": gt, "box_labels": sample, "grad_scale": grad_scale}
+        outputs = self.run(features, image_size, sample["rois"], sample["valid"], training, targets)
+        return self.losses(outputs, gt)
+
+    def infer(self, features, image_size, proposals, valid, training=False):
+        """Merged instances (:meth:`instances`) of :meth:`run` on the ``proposals``
+        (float32 ``[B, P, 4]``, valid: bool ``[B, P]``)."""
+        return self.instances(self.run(features, image_size, proposals, valid, training))
+
+    # ------------------------------------------------------------------ one stage's pieces
     def _boxes(self, rois):
         return rois if self.config.box_gradient else tf.stop_gradient(rois)
 
-    def _mask_logits(self, features, rois, training):
-        """``rois [B, R, 4]`` → ``(warped [B·R, S, S, C], logits [B, R, m, m])``."""
+    def _head(self, head, kind):
+        """``head``, or (None) the first ``kind`` stage's."""
+        if head is not None:
+            return head
+        return next(st.head for st in self.stages if st.kind == kind)
+
+    def _mask_logits(self, features, rois, training, head=None):
+        """``rois [B, R, 4]`` → ``(warped [B·R, S, S, C], logits [B, R, m, m])`` with the mask
+        ``head`` (default: stage 2's)."""
         warped = warp_rois(self.roi_warp, features, self._boxes(rois))
-        logits = self.heads["mask_head"](warped, training=training)
+        logits = self._head(head, MASK)(warped, training=training)
         m = self.config.mask_size
         return warped, tf.reshape(logits, tf.stack([tf.shape(rois)[0], -1, m, m]))
 
-    def _classify(self, warped, mask_logits, batch, training, grad_rows=None, det=False):
-        """Class head on the warped features and the soft masks.
+    def _classify(self, warped, mask_logits, batch, training, grad_rows=None, det=False, head=None):
+        """Class ``head`` (default: stage 3's) on the warped features and the soft masks.
 
         ``grad_rows`` (bool ``[B, R]``, training): the class losses reach the mask head
         through the soft masks of these RoIs only (released ``MaskLayer.backward``).
@@ -115,7 +272,7 @@ class Cascade:
         if grad_rows is not None:
             rows = tf.reshape(grad_rows, [-1])[:, None, None]
             probs = tf.where(rows, probs, tf.stop_gradient(probs))
-        outs = self.heads["class_head"](warped, probs, training=training, return_det=det)
+        outs = self._head(head, CLASS)(warped, probs, training=training, return_det=det)
         n1 = self.num_classes + 1
         shaped = [
             tf.reshape(outs[0], tf.stack([batch, -1, n1])),
@@ -124,6 +281,23 @@ class Cascade:
         if det:
             shaped.append(tf.reshape(outs[2], tf.stack([batch, -1, n1])))
         return tuple(shaped)
+
+    def _class_labels(self, out, gt):
+        """Mask-level labels of a class stage's RoIs (training)."""
+        cfg = self.config
+        lab = out.box_labels
+        mask_iou = None
+        if cfg.cls_mask_iou_threshold > 0:
+            mask_iou = class_targets.mask_overlap(
+                tf.sigmoid(out.mask_logits),
+                out.rois,
+                gt["masks"],
+                lab["matched"],
+                cfg.cls_mask_binarize_threshold,
+            )
+        return class_targets.class_labels(
+            lab["labels"], lab["fg"], mask_iou, cfg.cls_mask_iou_threshold
+        )
 
     def _refine(self, rois, deltas, classes, valid, image_size, grad_scale=None):
         """Apply each RoI's class-``classes`` deltas: the next mask stage's boxes.
@@ -136,109 +310,6 @@ class Cascade:
         refined = box_ops.decode(d, rois, self.config.box_regression_weights)
         refined = box_ops.clip(refined, image_size)
         return tf.where(valid[..., None], refined, 0.0)
-
-    # ------------------------------------------------------------------ training
-    def train(self, features, image_size, sample, gt, grad_scale, training=True):
-        """Losses of all stages after the RPN.
-
-        Args:
-          features: ``[B, h, w, C]`` backbone features.
-          image_size: float32 ``[B, 2]``.
-          sample: :func:`mnc_tf.modeling.stage2_mask.roi_sampler.sample_rois` output.
-          gt: dict ``boxes [B, N, 4], labels [B, N], valid [B, N], masks [B, N, H, W]``.
-          grad_scale: scalar, d(differentiated loss)/d(one image's loss) (gradient clamps).
-
-        Returns:
-          dict loss name → float32 ``[B]`` per-image losses (see :func:`loss_names`).
-        """
-        cfg = self.config
-        batch = tf.shape(features)[0]
-        rois, valid = sample["rois"], sample["valid"]
-        fg, matched, labels = sample["fg"], sample["matched"], sample["labels"]
-        out = {}
-        warped = mask_logits = None
-        class_out = None
-        for st in self.stages:
-            if st.kind == MASK:
-                if class_out is not None:
-                    # Stage 4+: regress with the highest-scoring object class (released code).
-                    cls_logits, deltas = class_out
-                    pred = tf.cast(tf.argmax(cls_logits[..., 1:], axis=-1), tf.int32) + 1
-                    rois = self._refine(rois, deltas, pred, valid, image_size, grad_scale)
-                    if cfg.bridge_add_gt:
-                        rois, valid = _append_gt(rois, valid, gt["boxes"], gt["valid"])
-                    max_iou, matched, _ = matching.match_to_gt(rois, gt["boxes"], gt["valid"])
-                    fg = valid & (max_iou >= cfg.roi_fg_iou)
-                    labels = tf.where(fg, tf.gather(gt["labels"], matched, batch_dims=1), 0)
-                warped, mask_logits = self._mask_logits(features, rois, training)
-                targets = mask_targets(
-                    gt["masks"], rois, matched, cfg.mask_size, cfg.mask_target_threshold
-                )
-                out["mask_loss" + st.loss_suffix] = losses.mask_loss(mask_logits, targets, fg)
-            else:
-                # Mask-level labels first: they decide which RoIs' soft masks pass gradient.
-                mask_iou = None
-                if cfg.cls_mask_iou_threshold > 0:
-                    mask_iou = class_targets.mask_overlap(
-                        tf.sigmoid(mask_logits),
-                        rois,
-                        gt["masks"],
-                        matched,
-                        cfg.cls_mask_binarize_threshold,
-                    )
-                cls_labels = class_targets.class_labels(
-                    labels, fg, mask_iou, cfg.cls_mask_iou_threshold
-                )
-                grad_rows = (cls_labels > 0) if cfg.mask_pathway_grad_fg_only else None
-                outs = self._classify(
-                    warped, mask_logits, batch, training, grad_rows, cfg.det_classifier
-                )
-                cls_logits, deltas = outs[0], outs[1]
-                box_t = class_targets.box_targets(
-                    rois, gt["boxes"], matched, cfg.box_regression_weights
-                )
-                out["cls_loss" + st.loss_suffix] = losses.class_loss(cls_logits, cls_labels, valid)
-                if cfg.det_classifier:
-                    out["det_cls_loss" + st.loss_suffix] = losses.class_loss(outs[2], labels, valid)
-                out["box_loss" + st.loss_suffix] = losses.box_loss(
-                    deltas, labels, box_t, fg, valid, cfg.box_smooth_l1_beta
-                )
-                class_out = (cls_logits, deltas)
-        return out
-
-    # ------------------------------------------------------------------ inference
-    def infer(self, features, image_size, proposals, valid, training=False):
-        """Instances of every class stage, merged (the paper's 5-stage test-time merge).
-
-        Args:
-          features: ``[B, h, w, C]``; image_size: float32 ``[B, 2]``.
-          proposals: float32 ``[B, P, 4]``; valid: bool ``[B, P]``.
-
-        Returns:
-          ``(boxes [B, J, 4], mask_probs [B, J, m, m], class_probs [B, J, N+1], valid [B, J])``
-          with ``J = P · (number of class stages)``.
-        """
-        batch = tf.shape(features)[0]
-        rois = proposals
-        collected = []
-        warped = mask_logits = None
-        class_out = None
-        for st in self.stages:
-            if st.kind == MASK:
-                if class_out is not None:
-                    cls_logits, deltas = class_out
-                    pred = tf.cast(tf.argmax(cls_logits[..., 1:], axis=-1), tf.int32) + 1
-                    rois = self._refine(rois, deltas, pred, valid, image_size)
-                warped, mask_logits = self._mask_logits(features, rois, training)
-            else:
-                cls_logits, deltas = self._classify(warped, mask_logits, batch, training)
-                class_out = (cls_logits, deltas)
-                collected.append((rois, tf.sigmoid(mask_logits), tf.nn.softmax(cls_logits)))
-        boxes = tf.concat([c[0] for c in collected], axis=1)
-        masks = tf.concat([c[1] for c in collected], axis=1)
-        probs = tf.concat([c[2] for c in collected], axis=1)
-        valid_all = tf.concat([valid] * len(collected), axis=1)
-        return boxes, masks, probs, valid_all
 
 
 def _append_gt(rois, valid, gt_boxes, gt_valid):

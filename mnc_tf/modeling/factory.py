@@ -6,7 +6,7 @@ import keras
 
 from mnc_tf.modeling.anchors import AnchorGenerator
 from mnc_tf.modeling.backbones import ImageNormalization, build_backbone
-from mnc_tf.modeling.cascade import cascade_stages
+from mnc_tf.modeling.cascade import cascade_stages, check_num_stages
 from mnc_tf.modeling.stage1_rpn.head import RPNHead
 from mnc_tf.modeling.stage2_mask.mask_head import MaskHead
 from mnc_tf.modeling.stage2_mask.roi_features import build_roi_warp
@@ -39,27 +39,32 @@ def build_mnc_parts(num_classes, backbone, num_stages, config):
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-    stages = cascade_stages(num_stages)
+    check_num_stages(num_stages)
     model, stride, norm, head_init = build_backbone(backbone, config)
     anchors = AnchorGenerator(
         config.anchor_base_size, config.anchor_ratios, config.anchor_scales, stride
     )
+    normalizer = ImageNormalization(norm, name="normalize", dtype="float32")
+    rpn_head = RPNHead(anchors.num_anchors, config.rpn_conv_filters, name="rpn_head")
+    roi_warp = build_roi_warp(config.roi_crop_size, config.roi_pooled_size, 1.0 / stride)
+    mask_head = MaskHead(config.mask_size, config.mask_fc_dim, name="mask_head")
+    class_head = ClassHead(
+        num_classes,
+        config.fc_dim,
+        config.roi_pooled_size,
+        config.class_pool_size,
+        det_classifier=config.det_classifier,
+        name="class_head",
+    )
     return MNCParts(
-        normalizer=ImageNormalization(norm, name="normalize", dtype="float32"),
+        normalizer=normalizer,
         backbone=model,
         feature_stride=stride,
         anchor_generator=anchors,
-        rpn_head=RPNHead(anchors.num_anchors, config.rpn_conv_filters, name="rpn_head"),
-        roi_warp=build_roi_warp(config.roi_crop_size, config.roi_pooled_size, 1.0 / stride),
-        mask_head=MaskHead(config.mask_size, config.mask_fc_dim, name="mask_head"),
-        class_head=ClassHead(
-            num_classes,
-            config.fc_dim,
-            config.roi_pooled_size,
-            config.class_pool_size,
-            det_classifier=config.det_classifier,
-            name="class_head",
-        ),
-        stages=stages,
+        rpn_head=rpn_head,
+        roi_warp=roi_warp,
+        mask_head=mask_head,
+        class_head=class_head,
+        stages=cascade_stages(num_stages, mask_head, class_head),
         head_init=head_init,
     )

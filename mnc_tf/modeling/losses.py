@@ -6,6 +6,27 @@ independent of how a global batch is split across replicas. All maths in float32
 
 import tensorflow as tf
 
+# The loss terms; a loss name is ``<term>_loss`` plus its stage's suffix (``mask_loss_4``).
+TERMS = ("rpn_cls", "rpn_box", "mask", "cls", "det_cls", "box")
+
+
+def loss_weights(config):
+    """Weight of every loss term (:data:`TERMS`), the one place that reads them from the
+    config."""
+    return {
+        "rpn_cls": float(config.rpn_cls_loss_weight),
+        "rpn_box": float(config.rpn_box_loss_weight),
+        "mask": float(config.mask_loss_weight),
+        "cls": float(config.cls_loss_weight),
+        "det_cls": float(config.det_cls_loss_weight),
+        "box": float(config.box_loss_weight),
+    }
+
+
+def weighted_sum(values, terms, weights):
+    """``Σ weights[term] · values[name]`` over the ``(name, term)`` pairs, in their order."""
+    return tf.add_n([weights[term] * values[name] for name, term in terms])
+
 
 def smooth_l1(x, beta):
     """Elementwise smooth-L1: ``0.5·x²/beta`` if ``|x| < beta`` else ``|x| - beta/2``."""

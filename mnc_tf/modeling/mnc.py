@@ -20,7 +20,6 @@ import os
 import warnings
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from mnc_tf.config import MNCConfig
@@ -28,30 +27,16 @@ from mnc_tf.core import box_ops
 from mnc_tf.core import masks as mask_ops
 from mnc_tf.modeling import losses as loss_lib
 from mnc_tf.modeling import postprocess, sampling
-from mnc_tf.modeling.cascade import Cascade, loss_names
+from mnc_tf.modeling.cascade import Cascade, loss_terms
 from mnc_tf.modeling.factory import build_mnc_parts
 from mnc_tf.modeling.gradients import clip_gradient
+from mnc_tf.modeling.inputs import array_to_tensor, prepare_inputs, prepare_targets
 from mnc_tf.modeling.optim import build_optimizer
 from mnc_tf.modeling.stage1_rpn.anchor_labeler import label_anchors, mix_index_labels
 from mnc_tf.modeling.stage1_rpn.proposals import generate_proposals
 from mnc_tf.modeling.stage2_mask.roi_sampler import sample_rois
 
 _MODEL_KWARGS = ("name", "dtype", "trainable")
-# Loss name prefix → config weight field (the longest prefix wins, hence the order).
-_LOSS_WEIGHTS = (
-    ("rpn_cls_loss", "rpn_cls_loss_weight"),
-    ("rpn_box_loss", "rpn_box_loss_weight"),
-    ("mask_loss", "mask_loss_weight"),
-    ("cls_loss", "cls_loss_weight"),
-    ("det_cls_loss", "det_cls_loss_weight"),
-    ("box_loss", "box_loss_weight"),
-)
-
-
-def _array_to_tensor(x):
-    if isinstance(x, (np.ndarray, np.generic)):
-        return tf.convert_to_tensor(x, tf.float32 if x.dtype.kind == "f" else None)
-    return x
 
 
 @keras.saving.register_keras_serializable(package="mnc_tf")
@@ -112,7 +97,7 @@ class MNC(keras.Model):
         config = config.replace(**overrides)
         super().__init__(**model_kwargs)
         # Under a 16-bit policy Keras would cast the inputs to bfloat16 / float16 (pixels of
-        # resized images, image_info sizes and scales); _prepare_inputs converts them itself.
+        # resized images, image_info sizes and scales); prepare_inputs converts them itself.
         self._convert_input_args = False
         self._allow_non_tensor_positional_args = True
         with _global_policy(model_kwargs.get("dtype")):
@@ -143,16 +128,14 @@ class MNC(keras.Model):
         self.mask_head = parts.mask_head
         self.class_head = parts.class_head
         self.stages = parts.stages
-        self.cascade = Cascade(
-            self.stages,
-            {"mask_head": self.mask_head, "class_head": self.class_head},
-            self.roi_warp,
-            config,
-            num_classes,
+        self.cascade = Cascade(self.stages, self.roi_warp, config, num_classes)
+        # (loss name, term) of every logged loss; the term keys its weight.
+        self._loss_terms = tuple(
+            [("rpn_cls_loss", "rpn_cls"), ("rpn_box_loss", "rpn_box")]
+            + loss_terms(self.stages, config.det_classifier)
         )
-        self.loss_names = ["rpn_cls_loss", "rpn_box_loss"] + loss_names(
-            self.stages, config.det_classifier
-        )
+        self._loss_weights = loss_lib.loss_weights(config)
+        self.loss_names = [name for name, _ in self._loss_terms]
         self.loss_trackers = [keras.metrics.Mean(name=n) for n in self.loss_names]
         self.build()
         if parts.head_init is not None:
@@ -175,74 +158,8 @@ class MNC(keras.Model):
         # Keras' own input conversion is off (see __init__), and Keras refuses a dict that
         # mixes tensors and NumPy arrays; convert arrays here: floats to float32 (Keras' rule
         # for a float32 model), integers (uint8 pixels) as they are.
-        inputs = tf.nest.map_structure(_array_to_tensor, inputs)
+        inputs = tf.nest.map_structure(array_to_tensor, inputs)
         return super().__call__(inputs, *args, **kwargs)
-
-    def _prepare_inputs(self, inputs):
-        """→ ``(images float32 [B, H, W, 3], image_size float32 [B, 2], image_ids or None)``."""
-        image_ids = None
-        if isinstance(inputs, dict):
-            if "images" not in inputs:
-                raise ValueError(
-                    f"inputs dict must have an 'images' key, got keys {sorted(inputs)}"
-                )
-            images, info = inputs["images"], inputs.get("image_info")
-            image_ids = inputs.get("image_id")
-        else:
-            images, info = inputs, None
-        images = tf.convert_to_tensor(images)
-        if images.shape.rank != 4 or images.shape[-1] != 3:
-            raise ValueError(
-                f"images must be [B, H, W, 3] RGB (0..255), got shape {tuple(images.shape)}"
-            )
-        images = tf.cast(images, tf.float32)
-        if info is not None:
-            info = tf.convert_to_tensor(info, tf.float32)
-            if info.shape.rank != 3 or tuple(info.shape[1:]) != (4, 2):
-                raise ValueError(f"image_info must be [B, 4, 2], got shape {tuple(info.shape)}")
-            image_size = info[:, 1, :]
-        else:
-            shape = tf.shape(images)
-            image_size = tf.cast(tf.tile(shape[None, 1:3], tf.stack([shape[0], 1])), tf.float32)
-        return images, image_size, image_ids
-
-    def _prepare_targets(self, targets, images):
-        """Validate padded targets → dict ``boxes, labels, valid, masks``."""
-        if not isinstance(targets, dict):
-            raise ValueError(
-                "targets must be a dict with 'boxes', 'labels', 'masks' "
-                f"(docs/CONTRACTS.md), got {type(targets).__name__}"
-            )
-        missing = [k for k in ("boxes", "labels", "masks") if k not in targets]
-        if missing:
-            raise ValueError(f"targets is missing {missing}; it has keys {sorted(targets)}")
-        boxes = tf.cast(tf.convert_to_tensor(targets["boxes"]), tf.float32)
-        labels = tf.cast(tf.convert_to_tensor(targets["labels"]), tf.int32)
-        masks = tf.convert_to_tensor(targets["masks"])
-        if boxes.shape.rank != 3 or boxes.shape[-1] != 4:
-            raise ValueError(f"targets['boxes'] must be [B, N, 4], got {tuple(boxes.shape)}")
-        if labels.shape.rank != 2:
-            raise ValueError(f"targets['labels'] must be [B, N], got {tuple(labels.shape)}")
-        if masks.shape.rank != 4:
-            raise ValueError(f"targets['masks'] must be [B, N, H, W], got {tuple(masks.shape)}")
-        if boxes.shape[1] == 0:
-            raise ValueError("targets must have N >= 1 instance slots (pad with label -1)")
-        for i, (a, b) in enumerate(zip(masks.shape[2:], images.shape[1:3], strict=True)):
-            if a is not None and b is not None and a != b:
-                raise ValueError(
-                    f"targets['masks'] spatial size must equal the images' "
-                    f"{tuple(images.shape[1:3])}, got {tuple(masks.shape[2:])} (axis {i + 2})"
-                )
-        if masks.dtype not in (tf.uint8, tf.float32):
-            masks = tf.cast(masks, tf.uint8)
-        check = tf.debugging.assert_less_equal(
-            labels,
-            self.num_classes,
-            message=f"targets['labels'] must be <= num_classes={self.num_classes}",
-        )
-        with tf.control_dependencies([check]):
-            labels = tf.identity(labels)
-        return {"boxes": boxes, "labels": labels, "valid": labels > 0, "masks": masks}
 
     # ------------------------------------------------------------------ forward
     def _features(self, images, training):
@@ -252,25 +169,13 @@ class MNC(keras.Model):
 
     def call(self, inputs, training=False):
         """Detections (see the class docstring); no Python loop over RoIs or instances."""
-        images, image_size, _ = self._prepare_inputs(inputs)
-        cfg = self.config
+        images, image_size, _ = prepare_inputs(inputs)
         features, logits, deltas, anchors = self._features(images, training)
-        proposals, _, valid = generate_proposals(
-            logits,
-            deltas,
-            anchors,
-            image_size,
-            cfg.rpn_pre_nms_topk_test,
-            cfg.rpn_post_nms_topk_test,
-            cfg.rpn_nms_iou,
-            cfg.rpn_min_size,
-            cfg.rpn_min_size_before_topk,
-            self._min_size_scale(inputs),
-        )
+        proposals, _, valid = self._proposals(logits, deltas, anchors, image_size, inputs)
         boxes, masks, probs, valid = self.cascade.infer(
             features, image_size, proposals, valid, training=training
         )
-        return postprocess.detect(boxes, masks, probs, valid, cfg)
+        return postprocess.detect(boxes, masks, probs, valid, self.config)
 
     def compute_losses(self, x, y, training=True, loss_scale=1.0):
         """All loss terms for a batch.
@@ -285,8 +190,8 @@ class MNC(keras.Model):
           batch of per-image losses, unweighted) and ``"loss"``, their weighted sum.
         """
         cfg = self.config
-        images, image_size, image_ids = self._prepare_inputs(x)
-        gt = self._prepare_targets(y, images)
+        images, image_size, image_ids = prepare_inputs(x)
+        gt = prepare_targets(y, images, self.num_classes)
         batch = tf.shape(images)[0]
         features, logits, deltas, anchors = self._features(images, training)
 
@@ -304,18 +209,8 @@ class MNC(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         grad_scale = tf.cast(loss_scale, tf.float32) / tf.cast(batch * replicas, tf.float32)
         prop_deltas = clip_gradient(deltas, cfg.proposal_gradient_clip, grad_scale)
-        proposals, _, valid, proposal_anchors = generate_proposals(
-            logits,
-            prop_deltas,
-            anchors,
-            image_size,
-            cfg.rpn_pre_nms_topk_train,
-            cfg.rpn_post_nms_topk_train,
-            cfg.rpn_nms_iou,
-            cfg.rpn_min_size,
-            cfg.rpn_min_size_before_topk,
-            self._min_size_scale(x),
-            return_anchor_indices=True,
+        proposals, _, valid, proposal_anchors = self._proposals(
+            logits, prop_deltas, anchors, image_size, x, train=True
         )
         roi_keys = sampling.uniform(
             seeds, tf.shape(proposals)[1] + tf.shape(gt["boxes"])[1], sampling.SALT_ROIS
@@ -344,8 +239,26 @@ class MNC(keras.Model):
         per_image = {"rpn_cls_loss": rpn_cls, "rpn_box_loss": rpn_box}
         per_image.update(self.cascade.train(features, image_size, sample, gt, grad_scale, training))
         out = {name: tf.reduce_mean(per_image[name]) for name in self.loss_names}
-        out["loss"] = tf.add_n([self._loss_weight(name) * out[name] for name in self.loss_names])
+        out["loss"] = loss_lib.weighted_sum(out, self._loss_terms, self._loss_weights)
         return out
+
+    def _proposals(self, logits, deltas, anchors, image_size, inputs, train=False):
+        """Stage 1's proposals with the ``train`` (else test) top-k settings:
+        :func:`generate_proposals`' outputs (``train``: with the anchor indices too)."""
+        cfg = self.config
+        return generate_proposals(
+            logits,
+            deltas,
+            anchors,
+            image_size,
+            cfg.rpn_pre_nms_topk_train if train else cfg.rpn_pre_nms_topk_test,
+            cfg.rpn_post_nms_topk_train if train else cfg.rpn_post_nms_topk_test,
+            cfg.rpn_nms_iou,
+            cfg.rpn_min_size,
+            cfg.rpn_min_size_before_topk,
+            self._min_size_scale(inputs),
+            return_anchor_indices=train,
+        )
 
     def _min_size_scale(self, inputs):
         """float32 ``[B]`` image scale (``image_info`` row 2) multiplying ``rpn_min_size``
@@ -356,12 +269,6 @@ class MNC(keras.Model):
         if info is None:
             return None
         return tf.reduce_mean(tf.cast(info, tf.float32)[:, 2, :], axis=-1)
-
-    def _loss_weight(self, name):
-        for prefix, field in _LOSS_WEIGHTS:
-            if name.startswith(prefix):
-                return float(getattr(self.config, field))
-        raise ValueError(f"no loss weight for loss term {name!r}")
 
     # ------------------------------------------------------------------ Keras training API
     def fit(self, x=None, y=None, *args, shuffle=None, **kwargs):

@@ -8,7 +8,8 @@ from mnc_tf.modeling import matching, sampling
 def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, keys, config):
     """Pick ``R = roi_batch_size_per_image`` RoIs per image, as the released MNC code.
 
-    Candidates are the proposals plus (``add_gt_as_proposals``) the GT boxes. At most
+    Candidates are the proposals plus (``add_gt_as_proposals``) the GT boxes, labelled by
+    :func:`mnc_tf.modeling.matching.label_rois` (the rule stage 4 applies again). At most
     ``round(R · roi_fg_fraction)`` foreground (max IoU ≥ ``roi_fg_iou``) are drawn at random.
     The ``R - #fg`` background slots: with ``roi_bg_split = (a, b)`` (released
     ``_sample_rois``: 0.85, 0.15), ``round(a · slots)`` are drawn from IoU
@@ -37,8 +38,10 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, keys, 
     else:
         candidates, cand_valid = proposals, proposal_valid
         keys = keys[:, : tf.shape(proposals)[1]]
-    max_iou, matched, _ = matching.match_to_gt(candidates, gt_boxes, gt_valid)
-    fg = cand_valid & (max_iou >= config.roi_fg_iou)
+    cand = matching.label_rois(
+        candidates, cand_valid, gt_boxes, gt_labels, gt_valid, config.roi_fg_iou
+    )
+    max_iou, fg = cand["max_iou"], cand["fg"]
     bg_main = cand_valid & (max_iou < config.roi_bg_iou_high) & (max_iou >= config.roi_bg_iou_low)
     bg_fill = cand_valid & (max_iou < config.roi_bg_iou_low)
 
@@ -71,8 +74,9 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, keys, 
     rois = tf.gather(candidates, idx, batch_dims=1)
     rois = tf.where(valid[..., None], rois, 0.0)
     roi_fg = tf.gather(fg_sel, idx, batch_dims=1) & valid
-    roi_matched = tf.gather(matched, idx, batch_dims=1)
-    labels = tf.where(roi_fg, tf.gather(gt_labels, roi_matched, batch_dims=1), 0)
+    roi_matched = tf.gather(cand["matched"], idx, batch_dims=1)
+    # Sampled foreground keeps its candidate's label (``label_rois``); the rest is class 0.
+    labels = tf.where(roi_fg, tf.gather(cand["labels"], idx, batch_dims=1), 0)
     return {
         "rois": rois,
         "valid": valid,
