@@ -13,7 +13,7 @@ import tensorflow as tf
 from mnc_tf.config import MNCConfig
 from mnc_tf.core.masks import paste_masks
 from mnc_tf.modeling.cascade import Cascade, cascade_stages
-from mnc_tf.modeling.matching import match_to_gt
+from mnc_tf.modeling.matching import label_rois
 from mnc_tf.modeling.postprocess import vote_masks
 from mnc_tf.modeling.stage2_mask.roi_sampler import sample_rois
 from mnc_tf.modeling.stage3_class.class_targets import class_labels, mask_overlap
@@ -239,7 +239,7 @@ def test_stage_bridge_matches_released():
     new_ref, fg_ref, _ = ref.stage_bridge_train(rois_ref, deltas_ref, scores, gt_ref, size)
 
     cfg = MNCConfig()
-    cascade = Cascade(cascade_stages(5), {}, None, cfg, n)
+    cascade = Cascade(cascade_stages(5), None, cfg, n)
     rois = np.stack([ref.to_ours(b) for b in rois_ref])
     # Our deltas: (dy, dx, dh, dw) per class, times box_regression_weights.
     d = deltas_ref.reshape(r, n + 1, 4)[..., [1, 0, 3, 2]] * np.array(cfg.box_regression_weights)
@@ -259,9 +259,20 @@ def test_stage_bridge_matches_released():
     # The relabelling rule: our matcher on the released boxes (converted) gives its labels.
     gt_ours = np.stack([ref.to_ours(b) for b in gt_ref])
     new_ref_ours = np.stack([ref.to_ours(b) for b in new_ref])
-    max_iou, matched, _ = match_to_gt(new_ref_ours[None], gt_ours[None], np.ones((1, 4), bool))
-    np.testing.assert_allclose(max_iou[0], ref.bbox_overlaps(new_ref, gt_ref).max(1), atol=1e-5)
-    np.testing.assert_array_equal(max_iou.numpy()[0] >= 0.5, fg_ref)
+    labels = label_rois(
+        new_ref_ours[None],
+        np.ones((1, r), bool),
+        gt_ours[None],
+        np.array([[1, 2, 3, 1]], np.int32),
+        np.ones((1, 4), bool),
+        cfg.roi_fg_iou,
+    )
+    overlaps = ref.bbox_overlaps(new_ref, gt_ref)
+    np.testing.assert_allclose(labels["max_iou"][0], overlaps.max(1), atol=1e-5)
+    np.testing.assert_array_equal(labels["fg"][0], fg_ref)
+    np.testing.assert_array_equal(
+        labels["labels"][0], np.where(fg_ref, np.array([1, 2, 3, 1])[overlaps.argmax(1)], 0)
+    )
     assert 0 < fg_ref.sum() < r
 
 

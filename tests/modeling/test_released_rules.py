@@ -92,7 +92,7 @@ def _cascade(num_classes=2, **overrides):
     cfg = MNCConfig(mask_size=6, roi_pooled_size=4, class_pool_size=2, fc_dim=8, **overrides)
     head = ClassHead(num_classes, cfg.fc_dim, cfg.roi_pooled_size, cfg.class_pool_size, True)
     head.build((None, 4, 4, 3), (None, 6, 6))
-    return Cascade(cascade_stages(3), {"class_head": head}, None, cfg, num_classes)
+    return Cascade(cascade_stages(3, None, head), None, cfg, num_classes)
 
 
 def test_mask_pathway_gradient_only_from_selected_rois():
