@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from mnc_tf.ops import OpLibraryNotFoundError, _loader, load_library, roi_warp, roi_warp_reference
+from mnc_tf.ops.roi_warp import check_roi_sizes
 
 OPS = load_library()  # fails loudly (not a skip) when the library is missing
 
@@ -431,3 +432,41 @@ def test_gpu_matches_cpu():
         )
     for cpu, gpu in zip(*results, strict=True):
         np.testing.assert_allclose(gpu, cpu, rtol=1e-5, atol=1e-5 * max(1, np.abs(cpu).max()))
+
+
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        ({"crop_size": 7, "pooled_size": 2}, r"crop_size must be divisible by pooled_size.*7.*2"),
+        ({"crop_size": 0}, r"crop_size must be an integer >= 1, got 0"),
+        ({"pooled_size": 2.5}, r"pooled_size must be an integer >= 1, got 2.5"),
+        ({"pool_size": True}, r"pool_size must be an integer >= 1, got True"),
+        ({"pooled_size": 14, "pool_size": 4}, r"pooled_size must be divisible by pool_size"),
+        ({"spatial_scale": float("nan")}, r"spatial_scale must be finite and > 0, got nan"),
+    ],
+)
+def test_check_roi_sizes_rejects(kwargs, pattern):
+    """The one crop / pool size check (layer, stock-op reference, class head, config)."""
+    with pytest.raises(ValueError, match=pattern):
+        check_roi_sizes(**kwargs)
+
+
+def test_reference_uses_the_size_check():
+    args = np.zeros([1, 4, 4, 1], np.float32), np.zeros([1, 4], np.float32), np.zeros([1], np.int32)
+    with pytest.raises(ValueError, match=r"crop_size must be divisible by pooled_size.*7.*2"):
+        roi_warp_reference(*args, crop_size=7, pooled_size=2)
+    with pytest.raises(ValueError, match=r"pooled_size must be an integer >= 1, got 0"):
+        roi_warp_reference(*args, crop_size=4, pooled_size=0)
+
+
+def test_check_roi_sizes_accepts_and_names_fields():
+    check_roi_sizes(28, 14, 7, 1 / 16)
+    check_roi_sizes(14, 7, 7)
+    check_roi_sizes()
+    names = {"crop_size": "MNCConfig.roi_crop_size", "pooled_size": "MNCConfig.roi_pooled_size"}
+    with pytest.raises(
+        ValueError,
+        match=r"MNCConfig.roi_crop_size must be divisible by MNCConfig.roi_pooled_size, "
+        r"got MNCConfig.roi_crop_size=28, MNCConfig.roi_pooled_size=10",
+    ):
+        check_roi_sizes(28, 10, names=names)

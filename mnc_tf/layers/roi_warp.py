@@ -6,6 +6,7 @@ import keras
 
 from mnc_tf.ops.roi_warp import (
     IMPLEMENTATIONS,
+    check_roi_sizes,
     resolve_roi_warp_implementation,
     roi_warp,
     roi_warp_reference,
@@ -44,13 +45,7 @@ class RoIWarp(keras.layers.Layer):
             raise ValueError(
                 f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
             )
-        if crop_size < 1 or pooled_size < 1 or crop_size % pooled_size:
-            raise ValueError(
-                "crop_size and pooled_size must be >= 1 with crop_size divisible by "
-                f"pooled_size, got crop_size={crop_size}, pooled_size={pooled_size}"
-            )
-        if not (0 < spatial_scale < float("inf")):
-            raise ValueError(f"spatial_scale must be finite and > 0, got {spatial_scale!r}")
+        check_roi_sizes(crop_size, pooled_size, spatial_scale=spatial_scale)
         self.crop_size = int(crop_size)
         self.pooled_size = int(pooled_size)
         self.spatial_scale = float(spatial_scale)
