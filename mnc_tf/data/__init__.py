@@ -6,9 +6,11 @@ normalises them for its backbone.
 """
 
 from mnc_tf.data import preprocess
-from mnc_tf.data.coco import CocoSource, coco_dataset, coco_dataset_fn, load_coco
+from mnc_tf.data.annotations import load_coco
+from mnc_tf.data.coco_pipeline import coco_dataset, coco_dataset_fn
+from mnc_tf.data.coco_source import CocoSource
 from mnc_tf.data.info import DatasetInfo
-from mnc_tf.data.sbd import VOC_CLASSES, sbd_dataset, sbd_to_coco
+from mnc_tf.data.sbd import VOC_CLASSES, cached_sbd_to_coco, sbd_dataset, sbd_to_coco
 from mnc_tf.data.shapes import SHAPE_CLASSES, ShapesDataset, make_shapes_dataset
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "SHAPE_CLASSES",
     "ShapesDataset",
     "VOC_CLASSES",
+    "cached_sbd_to_coco",
     "coco_dataset",
     "coco_dataset_fn",
     "load_coco",

@@ -24,6 +24,8 @@ import logging
 import threading
 from typing import Any
 
+import numpy as np
+
 logger = logging.getLogger("mnc_tf.data")
 
 # Records left out of the targets, by reason. An image-level reason removes the image,
@@ -57,6 +59,21 @@ FIX_REASONS = {
     "converted_cmyk": "CMYK image converted to RGB",
     "converted_other": "other colour mode (palette, 16-bit, ...) converted to 8-bit RGB",
 }
+
+
+def label_of_category(category_ids) -> dict[int, int]:
+    """``{category id: label}`` for ``category_ids[label - 1]``: the one label ↔ category id
+    mapping (the loader, the evaluators' ground truth and :class:`DatasetInfo` use it)."""
+    return {int(c): i + 1 for i, c in enumerate(category_ids)}
+
+
+def category_of_labels(labels, category_ids) -> np.ndarray:
+    """Category ids of contiguous ``labels`` (int array, each in ``1..len(category_ids)``):
+    ``category_ids[label - 1]``, the inverse of :func:`label_of_category`."""
+    labels = np.asarray(labels)
+    if not labels.size:
+        return labels
+    return np.asarray(category_ids)[labels - 1]
 
 
 @dataclasses.dataclass
@@ -99,16 +116,14 @@ class DatasetInfo:
         """Source category id of contiguous ``label`` (1-based)."""
         if not 1 <= int(label) <= self.num_classes:
             raise ValueError(f"label must be in 1..{self.num_classes}, got {label}")
-        return self.category_ids[int(label) - 1]
+        return int(category_of_labels(int(label), self.category_ids))
 
     def category_id_to_label(self, category_id: int) -> int:
         """Contiguous label (1-based) of a source category id."""
-        try:
-            return self.category_ids.index(int(category_id)) + 1
-        except ValueError:
-            raise ValueError(
-                f"category_id {category_id} is not one of {self.category_ids}"
-            ) from None
+        label = label_of_category(self.category_ids).get(int(category_id))
+        if label is None:
+            raise ValueError(f"category_id {category_id} is not one of {self.category_ids}")
+        return label
 
     def count(self, kind: str, reason: str, key=None, n: int = 1, detail: str = "") -> None:
         """Add ``n`` to ``self.<kind>[reason]`` and log it.

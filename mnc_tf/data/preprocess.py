@@ -10,9 +10,10 @@ Conventions (docs/CONTRACTS.md):
 - ``image_info`` is float32 ``[4, 2]``: original ``(h, w)``; resized valid ``(h, w)``;
   scale ``(sy, sx)`` = resized / original; offset ``(0, 0)`` (TF Model Garden layout).
 
-Order used by the pipeline: resize (optionally scale-jittered) → random flip of the valid
-region → pad bottom/right to a fixed size. Flipping before padding keeps a flipped image in
-the top-left corner like every other image.
+Order used by the pipeline: resize (optionally scale-jittered) → flip of the valid region
+(the element's decision, :func:`flip_coin`) → pad bottom/right to a fixed size (in
+``padded_batch``). Flipping before padding keeps a flipped image in the top-left corner
+like every other image.
 
 All functions are graph-safe (no Python branching on tensor values).
 """
@@ -130,29 +131,19 @@ def flip_left_right(image, boxes, masks):
       The flipped ``(image, boxes, masks)``; a box ``[y1, x1, y2, x2]`` becomes
       ``[y1, w - x2, y2, w - x1]`` (continuous pixel-edge coordinates).
     """
-    width = tf.cast(tf.shape(image)[1], boxes.dtype)
-    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
-    flipped_boxes = tf.stack([y1, width - x2, y2, width - x1], axis=-1)
+    flipped_boxes = flip_boxes(boxes, tf.shape(image)[1])
     masks = None if masks is None else tf.reverse(masks, [2])
     return tf.reverse(image, [1]), flipped_boxes, masks
 
 
-def random_flip(image, boxes, masks, seed, probability=0.5):
-    """:func:`flip_left_right` with ``probability``; ``seed`` is a stateless ``[2]`` seed."""
-    image, boxes = tf.convert_to_tensor(image), tf.convert_to_tensor(boxes)
-    if masks is None:
-        image, boxes = tf.cond(
-            _coin(seed, probability),
-            lambda: flip_left_right(image, boxes, None)[:2],
-            lambda: (image, boxes),
-        )
-        return image, boxes, None
-    masks = tf.convert_to_tensor(masks)
-    return tf.cond(
-        _coin(seed, probability),
-        lambda: flip_left_right(image, boxes, masks),
-        lambda: (image, boxes, masks),
-    )
+def flip_boxes(boxes, width):
+    """Boxes ``[N, 4]`` yxyx of an image ``width`` pixels wide, mirrored left-right:
+    ``[y1, x1, y2, x2]`` → ``[y1, width - x2, y2, width - x1]`` (the one box flip; the COCO
+    loader uses it on original-resolution boxes when it flips while decoding)."""
+    boxes = tf.convert_to_tensor(boxes)
+    width = tf.cast(width, boxes.dtype)
+    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    return tf.stack([y1, width - x2, y2, width - x1], axis=-1)
 
 
 def _coin(seed, probability=0.5):
@@ -163,8 +154,9 @@ _FLIP_STREAM = 2  # the random stream of an element's flip decision (see _subsee
 
 
 def flip_coin(seed):
-    """The horizontal-flip decision of the element with int64 ``seed`` (bool scalar), the one
-    :func:`augment_example` draws; the COCO loader uses it to flip while decoding."""
+    """The horizontal-flip decision (bool scalar, probability 0.5) of the element with int64
+    ``seed``. The COCO pipeline draws it once per element and carries it in the element
+    (``flip``): the loader, :func:`augment_example` and the mask rasteriser all read it."""
     return _coin(_subseed(seed, _FLIP_STREAM))
 
 
@@ -172,43 +164,6 @@ def random_scale_factor(seed, scale_jitter):
     """Uniform factor in ``scale_jitter = (low, high)`` for ``short_side`` and ``max_side``."""
     low, high = scale_jitter
     return tf.random.stateless_uniform([], seed=seed, minval=low, maxval=high)
-
-
-def pad_image(image, size):
-    """Zero-pad ``[h, w, 3]`` bottom/right to ``size = (Hp, Wp)``; static output shape."""
-    shape = tf.shape(image)
-    # a plain pad: pad_to_bounding_box adds a dozen assertion ops per element
-    padded = tf.pad(image, [[0, size[0] - shape[0]], [0, size[1] - shape[1]], [0, 0]])
-    padded.set_shape([size[0], size[1], image.shape[-1]])
-    return padded
-
-
-def pad_instances(boxes, labels, masks, max_instances, size):
-    """Pad instance targets to ``max_instances`` rows and masks to ``size``.
-
-    Args:
-      boxes: float32 ``[n, 4]``; labels: int32 ``[n]``; masks: uint8 ``[n, h, w]``,
-        ``h ≤ Hp``, ``w ≤ Wp``. Rows beyond ``max_instances`` are cut (the loader already
-        dropped the smallest and counted them).
-      size: ``(Hp, Wp)``.
-
-    Returns:
-      ``boxes [N, 4]`` (padding −1), ``labels [N]`` (padding −1), ``masks [N, Hp, Wp]``
-      (padding 0), ``N = max_instances``, with static shapes.
-    """
-    n_max = max_instances
-    boxes = boxes[:n_max]
-    labels = labels[:n_max]
-    masks = masks[:n_max]
-    pad_rows = n_max - tf.shape(boxes)[0]
-    boxes = tf.pad(boxes, [[0, pad_rows], [0, 0]], constant_values=-1.0)
-    labels = tf.pad(labels, [[0, pad_rows]], constant_values=-1)
-    mshape = tf.shape(masks)
-    masks = tf.pad(masks, [[0, pad_rows], [0, size[0] - mshape[1]], [0, size[1] - mshape[2]]])
-    boxes.set_shape([n_max, 4])
-    labels.set_shape([n_max])
-    masks.set_shape([n_max, size[0], size[1]])
-    return boxes, labels, masks
 
 
 def augment_example(
@@ -220,7 +175,7 @@ def augment_example(
     short_side,
     max_side,
     max_size=None,
-    flip=False,
+    flip=None,
     scale_jitter=None,
     seed=None,
 ):
@@ -233,18 +188,20 @@ def augment_example(
         pipeline's RLE path): then ``None`` is returned for them.
       short_side, max_side: resize targets.
       max_size: optional ``(H_max, W_max)`` the resized image must fit (the padded size).
-      flip: random horizontal flip with probability 0.5.
+      flip: ``None`` / ``False`` (no flip), or the element's flip decision (``True`` or a bool
+        scalar tensor, drawn by :func:`flip_coin`): mirror the resized example.
       scale_jitter: ``None`` or ``(low, high)`` factor on both sides.
-      seed: int64/int32 scalar tensor; every random choice derives a stateless seed from it,
-        so an element's augmentation is a pure function of ``seed``.
+      seed: int64/int32 scalar tensor (needed with ``scale_jitter``); every random choice
+        derives a stateless seed from it, so an element's augmentation is a pure function
+        of ``seed``.
 
     Returns:
       ``(image [h, w, 3], image_info [4, 2], boxes [n, 4], labels [n], masks [n, h, w] uint8)``
       in resized-image pixels; the image is uint8 (resampled pixels rounded) when the input
       is uint8, float32 otherwise.
     """
-    if (flip or scale_jitter) and seed is None:
-        raise ValueError("seed is required when flip or scale_jitter is on")
+    if scale_jitter and seed is None:
+        raise ValueError("seed is required when scale_jitter is on")
     shape = tf.shape(image)
     if scale_jitter:
         factor = random_scale_factor(_subseed(seed, 1), scale_jitter)
@@ -280,24 +237,16 @@ def augment_example(
             lambda: (resample(image), resize_masks(masks, new_size)),
         )
     boxes = box_ops.clip(scale_boxes(boxes, info), tf.cast(new_size, tf.float32))
-    if flip:
-        image, boxes, masks = random_flip(image, boxes, masks, _subseed(seed, _FLIP_STREAM))
-    return image, info, boxes, labels, masks
-
-
-def prepare_example(image, boxes, labels, masks, *, pad_to, max_instances, **kwargs):
-    """:func:`augment_example` then pad to ``pad_to = (Hp, Wp)`` and ``max_instances``.
-
-    Returns:
-      ``(image [Hp, Wp, 3] float32, image_info [4, 2], boxes [N, 4], labels [N],
-      masks [N, Hp, Wp] uint8)``, padding as in :func:`pad_instances`. (The pipeline pads
-      in ``padded_batch`` instead, which writes each padded batch once.)
-    """
-    image, info, boxes, labels, masks = augment_example(
-        image, boxes, labels, masks, max_size=pad_to, **kwargs
-    )
-    image = pad_image(tf.cast(image, tf.float32), pad_to)
-    boxes, labels, masks = pad_instances(boxes, labels, masks, max_instances, pad_to)
+    if flip is not None and flip is not False:
+        flip = tf.convert_to_tensor(flip, tf.bool)
+        if masks is None:
+            image, boxes = tf.cond(
+                flip, lambda: flip_left_right(image, boxes, None)[:2], lambda: (image, boxes)
+            )
+        else:
+            image, boxes, masks = tf.cond(
+                flip, lambda: flip_left_right(image, boxes, masks), lambda: (image, boxes, masks)
+            )
     return image, info, boxes, labels, masks
 
 

@@ -36,7 +36,8 @@ import scipy.io
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from mnc_tf.data.coco import coco_dataset_fn
+from mnc_tf.data.coco_pipeline import coco_dataset_fn
+from mnc_tf.io_utils import atomic_write_json
 
 logger = logging.getLogger("mnc_tf.data")
 
@@ -130,7 +131,7 @@ def sbd_to_coco(root, split="train", layout="auto"):
         layout = detect_layout(root)
     if layout not in ("sbd", "voc"):
         raise ValueError(f"layout must be 'auto', 'sbd' or 'voc', got {layout!r}")
-    image_dir = os.path.join(root, "img" if layout == "sbd" else "JPEGImages")
+    image_dir = _image_dir(root, layout)
     reader = _read_sbd if layout == "sbd" else _read_voc
     images, annotations, skipped = [], [], {}
     for index, name in enumerate(_split_names(root, split, layout)):
@@ -171,6 +172,33 @@ def sbd_to_coco(root, split="train", layout="auto"):
     return coco, image_dir, skipped
 
 
+def _image_dir(root, layout):
+    return os.path.join(root, "img" if layout == "sbd" else "JPEGImages")
+
+
+def cached_sbd_to_coco(root, split="train", layout="auto", cache=None):
+    """:func:`sbd_to_coco`, its result kept in the JSON file ``cache`` (when given).
+
+    The one writer of the cache (``{"coco", "image_dir", "skipped"}``, written atomically):
+    an existing file is read instead of converting again (reading all of SBD's ``.mat``
+    files takes about a minute). The image folder is always derived from ``root``.
+
+    Returns:
+      ``(coco_dict, image_dir, skipped)`` as :func:`sbd_to_coco`.
+    """
+    root = os.fspath(root)
+    if layout == "auto":
+        layout = detect_layout(root)
+    if cache and os.path.isfile(cache):
+        with open(cache) as f:
+            cached = json.load(f)
+        return cached["coco"], _image_dir(root, layout), cached.get("skipped", {})
+    coco, image_dir, skipped = sbd_to_coco(root, split, layout)
+    if cache:
+        atomic_write_json(cache, {"coco": coco, "image_dir": image_dir, "skipped": skipped})
+    return coco, image_dir, skipped
+
+
 def sbd_dataset(
     root,
     split="train",
@@ -198,18 +226,7 @@ def sbd_dataset(
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise ValueError(f"root {root!r} is not a directory")
-    if layout == "auto":
-        layout = detect_layout(root)
-    if annotation_cache and os.path.isfile(annotation_cache):
-        with open(annotation_cache) as f:
-            cached = json.load(f)
-        coco, skipped = cached["coco"], cached["skipped"]
-        image_dir = os.path.join(root, "img" if layout == "sbd" else "JPEGImages")
-    else:
-        coco, image_dir, skipped = sbd_to_coco(root, split, layout)
-        if annotation_cache:
-            with open(annotation_cache, "w") as f:
-                json.dump({"coco": coco, "skipped": skipped}, f)
+    coco, image_dir, skipped = cached_sbd_to_coco(root, split, layout, annotation_cache)
     dataset_fn = coco_dataset_fn(coco, image_dir, batch_size, training=training, **kwargs)
     for reason, n in skipped.items():
         dataset_fn.info.count("skipped", reason, n=n)

@@ -9,13 +9,17 @@ import json
 import logging
 import math
 
-import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
-from mnc_tf.data.coco import clean_segmentation, load_coco, segmentation_to_rle
+from mnc_tf.data.annotations import (
+    clean_segmentation,
+    coco_results,
+    load_coco,
+    segmentation_to_rle,
+)
+from mnc_tf.data.info import category_of_labels
 from mnc_tf.evaluation.detections import normalize_detections
-from mnc_tf.export.coco import coco_results
 
 logger = logging.getLogger("mnc_tf.evaluation")
 
@@ -109,7 +113,7 @@ class COCOEvaluator:
                 f"got max {classes.max()}"
             )
         self._image_ids.add(image_id)
-        category_ids = np.asarray(self.category_ids)[classes - 1] if len(classes) else classes
+        category_ids = category_of_labels(classes, self.category_ids)
         self._results.extend(
             coco_results(image_id, det["boxes"], det["scores"], category_ids, det["masks"])
         )

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from mnc_tf.data.coco import ground_truth_instances, load_coco
+from mnc_tf.data.annotations import ground_truth_instances, load_coco
 from mnc_tf.evaluation.detections import normalize_detections
 
 logger = logging.getLogger("mnc_tf.evaluation")

@@ -1,6 +1,5 @@
 """The loader's TF-side work: JPEGs decoded by tf.io.decode_jpeg, masks by the
-MncRasterizeMasks op; references are pycocotools, tf.image.resize, OpenCV and the loader's
-NumPy path."""
+MncRasterizeMasks op; references are pycocotools, tf.image.resize and OpenCV."""
 
 import io
 import json
@@ -15,7 +14,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from mnc_tf.data import coco_dataset, make_shapes_dataset
-from mnc_tf.data.coco import CocoSource
+from mnc_tf.data.coco_source import CocoSource
 from mnc_tf.ops import decode_rle, flip_left_right, library_available, rasterize_masks
 
 pytestmark = pytest.mark.skipif(not library_available(), reason="op library not built")
@@ -173,24 +172,41 @@ def test_jpegs_decode_like_tf_decode_jpeg_and_close_to_opencv(shapes):
 @pytest.mark.parametrize(
     "resize", [dict(short_side=96, max_side=96), dict(short_side=150, scale_jitter=(0.6, 1.3))]
 )
-def test_native_and_numpy_mask_paths_agree(shapes, resize):
-    # The NumPy path rasterises per element, resizes with tf.image.resize and pads in
-    # padded_batch; the native path rasterises, resizes and pads the whole batch in the op.
+@pytest.mark.parametrize("cache", [False, True])  # flipped at load / after the cache
+def test_masks_and_boxes_equal_pycocotools_resized_with_the_elements_flip(shapes, resize, cache):
+    # Reference per instance: pycocotools' mask, mirrored when the element is flipped,
+    # tf.image.resize (bilinear) >= 0.5 at the element's resized size, zero-padded; the box
+    # scaled, clipped and mirrored the same way. The element's flip decision is the one its
+    # image shows.
+    coco = COCO(shapes.annotation_file)
     source = CocoSource(shapes.annotation_file, shapes.image_dir, max_instances=6)
-    assert source._native_masks
-    kwargs = dict(batch_size=2, training=True, seed=7, **resize)
-    native = list(source.dataset(**kwargs))
-    source._native_masks = False  # the fallback used when the op library is missing
-    numpy_path = list(source.dataset(**kwargs))
-    assert len(native) == len(numpy_path) == 3
-    flipped = 0
-    for (f1, t1), (f2, t2) in zip(native, numpy_path, strict=True):
-        np.testing.assert_array_equal(f1["images"], f2["images"])
-        assert t1["masks"].numpy().any()
-        np.testing.assert_array_equal(t1["masks"], t2["masks"])
-        np.testing.assert_array_equal(t1["boxes"], t2["boxes"])
-        flipped += int((f1["image_info"].numpy() == f2["image_info"].numpy()).all())
-    assert flipped == 3
+    ds = source.dataset(batch_size=2, training=True, seed=7, cache=cache, **resize)
+    outcomes = []
+    for features, targets in ds:
+        for b in range(2):
+            info = features["image_info"][b].numpy()
+            nh, nw = info[1].astype(int)
+            anns = coco.imgToAnns[int(features["image_id"][b])]
+            orig = np.stack([coco.annToMask(a) for a in anns])
+            masks = targets["masks"][b].numpy()
+            matches = []
+            for flip in (False, True):
+                ref = orig[:, :, ::-1] if flip else orig
+                ref = tf.image.resize(ref[..., None].astype(np.float32), (nh, nw))[..., 0]
+                expected = np.zeros_like(masks)
+                expected[: len(anns), :nh, :nw] = ref.numpy() >= 0.5
+                matches.append(np.array_equal(masks, expected))
+            assert sum(matches) == 1  # (a flipped shape is never its own mirror here)
+            flip = matches[1]
+            outcomes.append(flip)
+            sy, sx = info[2]
+            for k, a in enumerate(anns):
+                x, y, bw, bh = a["bbox"]
+                y1, x1 = y * sy, x * sx
+                y2, x2 = min((y + bh) * sy, nh), min((x + bw) * sx, nw)
+                box = [y1, nw - x2, y2, nw - x1] if flip else [y1, x1, y2, x2]
+                np.testing.assert_allclose(targets["boxes"][b, k], box, rtol=1e-5, atol=1e-3)
+    assert len(outcomes) == 6 and 0 < sum(outcomes) < 6
 
 
 def _corrupt_jpeg_tf_rejects(data):
@@ -284,7 +300,7 @@ def _jpeg(mode="RGB", size=(37, 21), **save):
     ],
 )
 def test_jpeg_frame_scanner_agrees_with_pil_and_tf(data, expected):
-    from mnc_tf.data.coco import _tf_jpeg_frame
+    from mnc_tf.data.image_io import _tf_jpeg_frame
 
     assert _tf_jpeg_frame(data) == expected
     if expected is not None:  # independent references: PIL's header, TF's decoder

@@ -71,28 +71,36 @@ def test_flipped_mask_equals_the_mask_of_the_flipped_box():
     np.testing.assert_allclose(back[1].numpy(), boxes)
 
 
-def test_random_flip_is_a_function_of_the_seed():
-    image = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3)
-    boxes = np.zeros((0, 4), np.float32)
-    masks = np.zeros((0, 2, 3), np.uint8)
-    outcomes = set()
-    for s in range(16):
-        seed = tf.constant([s, 2], tf.int64)
-        a = preprocess.random_flip(image, boxes, masks, seed)[0].numpy()
-        b = preprocess.random_flip(image, boxes, masks, seed)[0].numpy()
-        np.testing.assert_array_equal(a, b)
-        outcomes.add(bool((a != image).any()))
-    assert outcomes == {True, False}
+def test_flip_coin_is_a_function_of_the_seed_and_both_outcomes_occur():
+    outcomes = [bool(preprocess.flip_coin(tf.constant(s, tf.int64))) for s in range(16)]
+    again = [bool(preprocess.flip_coin(tf.constant(s, tf.int64))) for s in range(16)]
+    assert outcomes == again and set(outcomes) == {True, False}
 
 
-def test_pad_instances_conventions():
-    boxes = tf.constant([[1.0, 2.0, 3.0, 4.0]])
-    labels = tf.constant([2], tf.int32)
-    masks = tf.ones([1, 5, 6], tf.uint8)
-    b, lab, m = preprocess.pad_instances(boxes, labels, masks, 3, (8, 10))
-    assert b.shape == (3, 4) and lab.shape == (3,) and m.shape == (3, 8, 10)
-    np.testing.assert_array_equal(b.numpy()[1:], -1)
-    np.testing.assert_array_equal(lab.numpy(), [2, -1, -1])
-    assert m.numpy()[0, :5, :6].all() and m.numpy().sum() == 30
-    image = preprocess.pad_image(tf.ones([5, 6, 3]), (8, 10))
-    assert image.shape == (8, 10, 3) and float(tf.reduce_sum(image)) == 90.0
+def test_flip_boxes_mirrors_about_the_width():
+    boxes = np.array([[2.0, 3.0, 9.0, 12.0], [10.0, 0.0, 20.0, 7.5]], np.float32)
+    np.testing.assert_array_equal(
+        preprocess.flip_boxes(boxes, 30).numpy(), [[2, 18, 9, 27], [10, 22.5, 20, 30]]
+    )
+
+
+@pytest.mark.parametrize("decision", [False, True])
+def test_augment_example_applies_the_given_flip_decision(decision):
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, (20, 30, 3)).astype(np.uint8)
+    boxes = np.array([[2.0, 3.0, 9.0, 12.0]], np.float32)
+    masks = np.zeros((1, 20, 30), np.uint8)
+    masks[0, 2:9, 3:12] = 1
+    kwargs = dict(short_side=20, max_side=30)
+    plain = preprocess.augment_example(image, boxes, [1], masks, **kwargs)
+    out = preprocess.augment_example(image, boxes, [1], masks, flip=tf.constant(decision), **kwargs)
+    image_, boxes_, masks_ = (np.asarray(out[k]) for k in (0, 2, 4))
+    if decision:
+        np.testing.assert_array_equal(image_, image[:, ::-1])
+        np.testing.assert_array_equal(masks_, masks[:, :, ::-1])
+        np.testing.assert_array_equal(boxes_, [[2, 18, 9, 27]])
+    else:
+        for a, b in zip(out, plain, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="seed is required"):
+        preprocess.augment_example(image, boxes, [1], masks, scale_jitter=(0.5, 1.5), **kwargs)
