@@ -155,7 +155,7 @@ def _sources(data_cfg, model_dir):
             data_cfg.val_images,
         )
     # sbd / voc: convert the instance PNG/.mat annotations to COCO once, cached in model_dir.
-    from mnc_tf.data import sbd_to_coco
+    from mnc_tf.data import cached_sbd_to_coco
 
     if not data_cfg.root or not os.path.isdir(data_cfg.root):
         raise ValueError(
@@ -167,18 +167,9 @@ def _sources(data_cfg, model_dir):
             out.extend((None, None))
             continue
         cache = os.path.join(model_dir, f"{fmt}_{split}_annotations.json")
-        if os.path.isfile(cache):
-            with open(cache) as f:
-                cached = json.load(f)
-            coco, image_dir = cached["coco"], cached["image_dir"]
-        else:
-            coco, image_dir, skipped = sbd_to_coco(data_cfg.root, split, layout=fmt)
-            if skipped:
-                logger.warning("%s %s: skipped while converting: %s", fmt, split, skipped)
-            tmp = f"{cache}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "w") as f:
-                json.dump({"coco": coco, "image_dir": image_dir}, f)
-            os.replace(tmp, cache)
+        coco, image_dir, skipped = cached_sbd_to_coco(data_cfg.root, split, fmt, cache)
+        if skipped:
+            logger.warning("%s %s: skipped while converting: %s", fmt, split, skipped)
         out.extend((coco, image_dir))
     return tuple(out)
 
