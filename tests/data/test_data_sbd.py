@@ -1,5 +1,6 @@
 """SBD (.mat, written here with scipy.io.savemat) and VOC 2012 PNG layouts."""
 
+import json
 import os
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from mnc_tf.data import VOC_CLASSES, sbd_dataset
+from mnc_tf.data import VOC_CLASSES, cached_sbd_to_coco, sbd_dataset, sbd_to_coco
 
 H, W = 40, 56
 
@@ -105,6 +106,21 @@ def test_sbd_annotation_cache_is_reused(sbd_root, tmp_path):
     second = _collect(sbd_dataset(root, "train", annotation_cache=cache, short_side=H))
     for k in first:
         np.testing.assert_array_equal(first[k][0], second[k][0])
+
+
+def test_one_cache_writer_and_old_cache_schemas_are_read(sbd_root, tmp_path):
+    root, _ = sbd_root
+    expected = sbd_to_coco(root, "val")
+    cache = tmp_path / "val.json"
+    assert cached_sbd_to_coco(root, "val", "sbd", cache) == expected
+    with open(cache) as f:
+        assert json.load(f) == dict(zip(("coco", "image_dir", "skipped"), expected, strict=True))
+    assert cached_sbd_to_coco(root, "val", "auto", cache) == expected  # read, not converted
+    # caches written before there was one writer: {coco, skipped} and {coco, image_dir}
+    old = tmp_path / "old.json"
+    with open(old, "w") as f:
+        json.dump({"coco": expected[0], "image_dir": "elsewhere"}, f)
+    assert cached_sbd_to_coco(root, "val", "sbd", old) == (expected[0], expected[1], {})
 
 
 def test_voc_png_layout(tmp_path):
