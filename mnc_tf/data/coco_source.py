@@ -218,9 +218,9 @@ class CocoSource:
         return result
 
     def _instances(self, rec):
-        """``(boxes, labels, rles, strings)`` of the instances of ``rec`` that enter the
-        pipeline: at most ``max_instances`` (the largest), empty masks dropped (both
-        counted), as compressed RLEs and, for the mask op, their ``counts`` strings.
+        """``(boxes, labels, strings)`` of the instances of ``rec`` that enter the pipeline:
+        at most ``max_instances`` (the largest), empty masks dropped (both counted), masks
+        as the ``counts`` strings of compressed RLEs (for the mask op).
 
         Computed on the record's first load and kept on it, so later epochs skip the
         polygon rasterisation (memory: about the size of the polygons themselves).
@@ -248,14 +248,14 @@ class CocoSource:
         rles = [r for r, ok in zip(rles, nonempty, strict=True) if ok]
         strings = np.array([_as_bytes(r["counts"]) for r in rles], dtype=object)
         # (Two loader threads may both compute it; the results are equal.)
-        rec.instances = (rec.boxes[keep], rec.labels[keep], rles, strings)
+        rec.instances = (rec.boxes[keep], rec.labels[keep], strings)
         return rec.instances
 
     def _load_record(self, rec):
         image, encoded, _ = self._decode(rec, encoded_ok=True)
         if image is None and encoded is None:
             return self._failed(rec.image_id)
-        boxes, labels, _, strings = self._instances(rec)
+        boxes, labels, strings = self._instances(rec)
         if self.drop_empty and len(labels) == 0:
             self.info.count("skipped", "empty_image", key=rec.image_id, detail=rec.path)
             return self._failed(rec.image_id)

@@ -30,7 +30,7 @@ class ImageRead:
         ``None``; then ``image`` and ``encoded`` are ``None``.
       fix: a fix reason (a colour-mode conversion) or ``None``; counted even when the
         image is then skipped for its size, as the loader always did.
-      detail: text for the log line of ``skip`` / ``fix``.
+      detail: text for the log line of ``skip``; fix_detail: of ``fix``.
     """
 
     image: np.ndarray | None = None
