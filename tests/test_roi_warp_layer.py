@@ -168,8 +168,8 @@ def test_auto_falls_back_to_reference_with_one_warning(monkeypatch, caplog):
     "kwargs,pattern",
     [
         ({"implementation": "fast"}, "implementation must be one of"),
-        ({"crop_size": 7, "pooled_size": 2}, "crop_size must be divisible by pooled_size"),
-        ({"pooled_size": 0}, "pooled_size must be an integer >= 1"),
+        ({"crop_size": 7, "pooled_size": 2}, "RoIWarp.roi_pooled_size must be a divisor of"),
+        ({"pooled_size": 0}, "RoIWarp.roi_pooled_size must be an int >= 1"),
         ({"spatial_scale": 0}, "spatial_scale must be finite and > 0"),
     ],
 )

@@ -437,36 +437,24 @@ def test_gpu_matches_cpu():
 @pytest.mark.parametrize(
     "kwargs,pattern",
     [
-        ({"crop_size": 7, "pooled_size": 2}, r"crop_size must be divisible by pooled_size.*7.*2"),
-        ({"crop_size": 0}, r"crop_size must be an integer >= 1, got 0"),
-        ({"pooled_size": 2.5}, r"pooled_size must be an integer >= 1, got 2.5"),
-        ({"pool_size": True}, r"pool_size must be an integer >= 1, got True"),
-        ({"pooled_size": 14, "pool_size": 4}, r"pooled_size must be divisible by pool_size"),
+        ({"crop_size": 7, "pooled_size": 2}, r"x.roi_pooled_size must be a divisor of .*7.*got 2"),
+        ({"crop_size": 0}, r"x.roi_crop_size must be an int >= 1, got 0"),
+        ({"pooled_size": 2.0}, r"x.roi_pooled_size must be an int >= 1, got 2.0"),
+        ({"crop_size": True}, r"x.roi_crop_size must be an int >= 1, got True"),
         ({"spatial_scale": float("nan")}, r"spatial_scale must be finite and > 0, got nan"),
     ],
 )
 def test_check_roi_sizes_rejects(kwargs, pattern):
-    """The one crop / pool size check (layer, stock-op reference, class head, config)."""
+    """The warp's arguments follow the config's one crop/pool rule."""
+    args = {"crop_size": 4, "pooled_size": 2, "spatial_scale": 0.5, **kwargs}
     with pytest.raises(ValueError, match=pattern):
-        check_roi_sizes(**kwargs)
+        check_roi_sizes(where="x", **args)
 
 
 def test_reference_uses_the_size_check():
+    check_roi_sizes(np.int64(28), 14, 1 / 16, "x")  # NumPy integers are integers
     args = np.zeros([1, 4, 4, 1], np.float32), np.zeros([1, 4], np.float32), np.zeros([1], np.int32)
-    with pytest.raises(ValueError, match=r"crop_size must be divisible by pooled_size.*7.*2"):
+    with pytest.raises(ValueError, match=r"roi_warp_reference.roi_pooled_size must be a divisor"):
         roi_warp_reference(*args, crop_size=7, pooled_size=2)
-    with pytest.raises(ValueError, match=r"pooled_size must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"roi_warp_reference.roi_pooled_size must be an int"):
         roi_warp_reference(*args, crop_size=4, pooled_size=0)
-
-
-def test_check_roi_sizes_accepts_and_names_fields():
-    check_roi_sizes(28, 14, 7, 1 / 16)
-    check_roi_sizes(14, 7, 7)
-    check_roi_sizes()
-    names = {"crop_size": "MNCConfig.roi_crop_size", "pooled_size": "MNCConfig.roi_pooled_size"}
-    with pytest.raises(
-        ValueError,
-        match=r"MNCConfig.roi_crop_size must be divisible by MNCConfig.roi_pooled_size, "
-        r"got MNCConfig.roi_crop_size=28, MNCConfig.roi_pooled_size=10",
-    ):
-        check_roi_sizes(28, 10, names=names)

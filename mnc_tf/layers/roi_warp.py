@@ -45,7 +45,7 @@ class RoIWarp(keras.layers.Layer):
             raise ValueError(
                 f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
             )
-        check_roi_sizes(crop_size, pooled_size, spatial_scale=spatial_scale)
+        check_roi_sizes(crop_size, pooled_size, spatial_scale, "RoIWarp")
         self.crop_size = int(crop_size)
         self.pooled_size = int(pooled_size)
         self.spatial_scale = float(spatial_scale)

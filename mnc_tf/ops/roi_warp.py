@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 
 import tensorflow as tf
 
+from mnc_tf.config.model import check_crop_pool_sizes
 from mnc_tf.ops._loader import library_available, load_library
 
 IMPLEMENTATIONS = ("auto", "custom", "reference")
@@ -29,43 +31,23 @@ _override = "auto"
 _warned_fallback = False
 
 
-def check_roi_sizes(
-    crop_size=None, pooled_size=None, pool_size=None, spatial_scale=None, names=None
-):
-    """The one check of the RoI warp's sizes (the layer, the stock-op reference, the class
-    head and the model config call it; the custom op checks its attributes itself).
-
-    Each given size must be an integer ``>= 1``, ``pooled_size`` must divide ``crop_size``
-    (the warp max-pools ``crop_size``² samples to ``pooled_size``² cells) and ``pool_size``
-    must divide ``pooled_size`` (the class head pools the warped features again);
-    ``spatial_scale``, if given, must be finite and ``> 0``. Sizes left None are not checked.
-
-    Args:
-      names: optional dict argument name → the name errors should use (e.g.
-        ``{"crop_size": "MNCConfig.roi_crop_size"}``).
+def check_roi_sizes(crop_size, pooled_size, spatial_scale, where):
+    """The RoI warp's static arguments (the layer and the stock-op reference; the custom op
+    checks its attributes itself): the sizes by the model's one crop/pool rule,
+    :func:`mnc_tf.config.model.check_crop_pool_sizes` (``where`` prefixes the names in its
+    errors), and ``spatial_scale`` finite and ``> 0``.
 
     Raises:
       ValueError: naming the first bad argument.
     """
-    names = {
-        "crop_size": "crop_size",
-        "pooled_size": "pooled_size",
-        "pool_size": "pool_size",
-        "spatial_scale": "spatial_scale",
-        **(names or {}),
-    }
-    sizes = {"crop_size": crop_size, "pooled_size": pooled_size, "pool_size": pool_size}
-    for arg, value in sizes.items():
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise ValueError(f"{names[arg]} must be an integer >= 1, got {value!r}")
-    for outer, inner in (("crop_size", "pooled_size"), ("pooled_size", "pool_size")):
-        if sizes[outer] is not None and sizes[inner] is not None and sizes[outer] % sizes[inner]:
-            raise ValueError(
-                f"{names[outer]} must be divisible by {names[inner]}, got "
-                f"{names[outer]}={sizes[outer]}, {names[inner]}={sizes[inner]}"
-            )
-    if spatial_scale is not None and not (0 < spatial_scale < float("inf")):
-        raise ValueError(f"{names['spatial_scale']} must be finite and > 0, got {spatial_scale!r}")
+    # NumPy integers count as integers (bools do not: the rule rejects them).
+    sizes = [
+        int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
+        for v in (crop_size, pooled_size)
+    ]
+    check_crop_pool_sizes(*sizes, where=where)
+    if not (0 < spatial_scale < float("inf")):
+        raise ValueError(f"spatial_scale must be finite and > 0, got {spatial_scale!r}")
 
 
 _NATIVE_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
@@ -159,7 +141,7 @@ def roi_warp_reference(
     without synchronisation (run-to-run differences of O(1) measured in TF 2.21). Train with
     the custom op, whose backward is deterministic; this path is meant for export/inference.
     """
-    check_roi_sizes(crop_size, pooled_size, spatial_scale=spatial_scale)
+    check_roi_sizes(crop_size, pooled_size, spatial_scale, "roi_warp_reference")
     with tf.name_scope(name or "roi_warp_reference"):
         features, boxes, box_indices, dtype = _prepare(features, boxes, box_indices)
         shape = tf.shape(features)

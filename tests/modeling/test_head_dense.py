@@ -1,5 +1,4 @@
-"""HeadDense against keras.layers.Dense (TF's own MatMul and its autodiff gradient); the class
-head's size check."""
+"""HeadDense against keras.layers.Dense (TF's own MatMul and its autodiff gradient)."""
 
 import keras
 import numpy as np
@@ -7,7 +6,6 @@ import pytest
 import tensorflow as tf
 
 from mnc_tf.layers import HeadDense
-from mnc_tf.modeling.stage3_class.class_head import ClassHead
 
 
 @pytest.mark.parametrize("activation", [None, "relu"])
@@ -44,9 +42,3 @@ def test_serializes():
     layer = HeadDense(3, activation="relu", name="fc")
     again = keras.layers.deserialize(keras.layers.serialize(layer))
     assert isinstance(again, HeadDense) and again.units == 3
-
-
-def test_class_head_checks_its_pool_sizes():
-    with pytest.raises(ValueError, match="pooled_size must be divisible by pool_size"):
-        ClassHead(2, fc_dim=8, pooled_size=14, pool_size=4)
-    assert ClassHead(2, fc_dim=8, pooled_size=14, pool_size=7).pool_size == 7

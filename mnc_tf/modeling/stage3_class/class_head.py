@@ -4,7 +4,6 @@ import keras
 import tensorflow as tf
 
 from mnc_tf.layers.dense import HeadDense
-from mnc_tf.ops.roi_warp import check_roi_sizes
 
 
 def _pathway(name, fc_dim, pool):
@@ -42,7 +41,6 @@ class ClassHead(keras.layers.Layer):
         self, num_classes, fc_dim=4096, pooled_size=14, pool_size=7, det_classifier=False, **kwargs
     ):
         super().__init__(**kwargs)
-        check_roi_sizes(pooled_size=pooled_size, pool_size=pool_size)
         self.num_classes = int(num_classes)
         self.fc_dim = int(fc_dim)
         self.pooled_size = int(pooled_size)
