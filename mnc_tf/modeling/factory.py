@@ -25,7 +25,7 @@ class MNCParts:
     roi_warp: keras.layers.Layer
     mask_head: MaskHead
     class_head: ClassHead
-    stages: list
+    stages: list  # cascade.StageDef per stage after the RPN, holding mask_head / class_head
     # ImageNet fc1/fc2 for the class head's fc6/fc7 (VGG-16 with ImageNet weights), or None.
     head_init: dict | None = None
 
