@@ -3,6 +3,14 @@
 Every dataset yields ``(features, targets)`` padded to fixed shapes (docs/CONTRACTS.md) and
 carries ``dataset.info`` (:class:`DatasetInfo`). Images are raw RGB 0..255; the model
 normalises them for its backbone.
+
+From COCO JSON to batches: ``annotations`` (load, clean, RLE; also the evaluators' ground
+truth and the COCO results format) → ``coco_source`` (records checked once; the
+per-element loader, reading images through ``image_io``; ``decode_ledger`` counts JPEGs
+TensorFlow rejects) → ``coco_pipeline`` (the ``tf.data`` pipeline: ``preprocess`` resizes
+and flips, ``padded_batch``, masks rasterised per batch by the op library). ``sbd`` and
+``shapes`` produce COCO annotations for it; ``info`` is ``DatasetInfo`` and the one
+label ↔ category id mapping.
 """
 
 from mnc_tf.data import preprocess
