@@ -7,13 +7,19 @@ NumPy + OpenCV only (no matplotlib), so it runs in notebooks, CLIs and serving c
     picture = visualize.draw_instances(
         images[0].astype("uint8"), out["boxes"][0][:n], out["masks"][0][:n],
         out["classes"][0][:n], out["scores"][0][:n], class_names=model.class_names,
-        score_threshold=model.config.predict_score_threshold)  # default 0.5
+        score_threshold=model.config.predict_score_threshold,  # default 0.5
+        mask_threshold=model.config.mask_binarize_threshold)   # default 0.4
     visualize.save_visualization("pred.png", picture)
 
 Conventions: images are RGB uint8 ``[H, W, 3]``; boxes ``[N, 4]`` float ``y1, x1, y2, x2`` in
 the pixels of *that* image; masks either full-image ``[N, H, W]`` (binary or probabilities)
 or box-relative ``[N, m, m]`` probabilities as the model outputs them (pasted into the image
 with :func:`mnc_tf.core.masks.paste_masks`).
+
+Thresholds: these functions see arrays, not a model, so their defaults are those of a default
+:class:`mnc_tf.MNCConfig` (``mask_binarize_threshold``, ``predict_score_threshold``). Pass the
+model's — ``model.config.mask_binarize_threshold``, or a Predictor's ``mask_threshold`` /
+``score_threshold`` — when drawing its detections.
 """
 
 import colorsys
@@ -23,8 +29,14 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
+from mnc_tf.config import MNCConfig
+
 # Golden-ratio hue steps give well-separated colours for any number of instances.
 _GOLDEN = 0.618033988749895
+
+# The defaults for drawings made without a model (module docstring): a default config's.
+DEFAULT_MASK_THRESHOLD = MNCConfig().mask_binarize_threshold
+DEFAULT_SCORE_THRESHOLD = MNCConfig().predict_score_threshold
 
 
 def instance_colors(n, saturation=0.85, value=0.95):
@@ -48,13 +60,13 @@ def load_image(path):
     return tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
 
 
-def full_image_masks(masks, boxes, image_size, threshold=0.4):
+def full_image_masks(masks, boxes, image_size, threshold=DEFAULT_MASK_THRESHOLD):
     """Box-relative soft masks → full-image masks (NumPy wrapper of ``paste_masks``).
 
     Args:
       masks: ``[N, m, m]`` probabilities; boxes: ``[N, 4]`` ``y1, x1, y2, x2`` in the pixels
         of the target image; image_size: ``(H, W)``.
-      threshold: binarisation threshold (``None`` → soft float32 masks).
+      threshold: binarisation threshold (pass the model's; ``None`` → soft float32 masks).
 
     Returns:
       uint8 ``[N, H, W]`` (float32 when ``threshold`` is ``None``).
@@ -105,8 +117,8 @@ def draw_instances(
     scores=None,
     class_names=None,
     *,
-    score_threshold=0.5,
-    mask_threshold=0.4,
+    score_threshold=DEFAULT_SCORE_THRESHOLD,
+    mask_threshold=DEFAULT_MASK_THRESHOLD,
     alpha=0.45,
     show_boxes=True,
     show_labels=True,
@@ -121,14 +133,16 @@ def draw_instances(
         ``[N, m, m]`` probabilities (pasted at ``boxes``). A ``[N, H, W]`` array whose size
         equals the image's is always taken as full-image.
       classes: ``[N]`` int class ids (contiguous labels or dataset category ids).
-      scores: ``[N]`` floats; instances below ``score_threshold`` are not drawn (default 0.5,
-        the default ``MNCConfig.predict_score_threshold``; pass the model's
+      scores: ``[N]`` floats; instances below ``score_threshold`` are not drawn (default: a
+        default ``MNCConfig.predict_score_threshold``, 0.5; pass the model's
         ``config.predict_score_threshold`` or a Predictor's ``score_threshold``, or 0 to draw
         every detection).
       class_names: ``None`` (ids are printed), a mapping ``class id → name`` (use it for
         dataset category ids) or a sequence with ``class_names[label - 1]`` (contiguous
         labels, like ``model.class_names``).
-      mask_threshold: binarisation of soft masks (0.4 as in the released MNC code).
+      mask_threshold: binarisation of soft masks (default: a default
+        ``MNCConfig.mask_binarize_threshold``, 0.4 as in the released MNC code; pass the
+        model's ``config.mask_binarize_threshold`` or a Predictor's ``mask_threshold``).
       alpha: mask opacity.
       colors: optional ``[N, 3]`` RGB uint8; default :func:`instance_colors`.
 

@@ -16,14 +16,13 @@ import types
 
 import tensorflow as tf
 
-from mnc_tf.export.serving import (
+from mnc_tf.export.serving import INFO_FILENAME, LABELS_FILENAME, latest_version_dir
+from mnc_tf.export.signatures import (
     INFER_FUNCTION,
-    INFO_FILENAME,
-    LABELS_FILENAME,
     SIGNATURE_ENCODED,
     build_serving_functions,
     label_map,
-    latest_version_dir,
+    model_settings,
 )
 
 _DETECTION_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "detection_masks")
@@ -170,6 +169,18 @@ class ExportedModel:
         )
 
 
+def _config_defaults():
+    """The thresholds of a default :class:`mnc_tf.MNCConfig` (for exports that predate
+    recording them in ``export_info.json``)."""
+    from mnc_tf.config import MNCConfig
+
+    config = MNCConfig()
+    return {
+        "mask_threshold": config.mask_binarize_threshold,
+        "score_threshold": config.predict_score_threshold,
+    }
+
+
 def _first_line(error):
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -178,15 +189,19 @@ def _first_line(error):
 class Predictor:
     """The ``serving_default`` pipeline (encoded image bytes in) bound to a model.
 
+    Make one with :meth:`from_path` (or :meth:`from_saved_model` / :meth:`from_keras_model`),
+    which take the thresholds from the model or the export.
+
     Attributes:
       labels: ``{category_id: class_name}``.
-      mask_threshold: binarisation threshold for pasted masks.
+      mask_threshold: binarisation threshold for pasted masks (the model's
+        ``config.mask_binarize_threshold``, as recorded in ``export_info.json``).
       score_threshold: the model's threshold for detections to draw / write
-        (``MNCConfig.predict_score_threshold``; 0.5 for exports that do not record it).
+        (``config.predict_score_threshold``).
       source: the loaded path.
     """
 
-    def __init__(self, serving_fn, labels, mask_threshold=0.4, source=None, score_threshold=0.5):
+    def __init__(self, serving_fn, labels, mask_threshold, source=None, *, score_threshold):
         self._fn = serving_fn
         self.labels = dict(labels)
         self.mask_threshold = float(mask_threshold)
@@ -216,12 +231,14 @@ class Predictor:
         labels_path = os.path.join(assets, LABELS_FILENAME)
         labels = read_labels(labels_path) if os.path.isfile(labels_path) else {}
         info = _read_info(version_dir)
+        # An export that does not record a threshold was made with the config defaults.
+        defaults = _config_defaults()
         predictor = cls(
             loaded.signatures[SIGNATURE_ENCODED],
             labels,
-            info.get("mask_threshold", 0.4),
+            info.get("mask_threshold", defaults["mask_threshold"]),
             version_dir,
-            score_threshold=info.get("score_threshold", 0.5),
+            score_threshold=info.get("score_threshold", defaults["score_threshold"]),
         )
         predictor._loaded = loaded  # keeps the restored variables alive
         return predictor
@@ -230,10 +247,15 @@ class Predictor:
     def from_keras_model(cls, model, source=None):
         fn = build_serving_functions(model)[SIGNATURE_ENCODED]
         category_ids, class_names = label_map(model)
-        threshold = getattr(model.config, "mask_binarize_threshold", 0.4)
-        score = getattr(model.config, "predict_score_threshold", 0.5)
+        settings = model_settings(model)
         labels = dict(zip(category_ids, class_names, strict=True))
-        return cls(fn, labels, threshold, source, score_threshold=score)
+        return cls(
+            fn,
+            labels,
+            settings["mask_threshold"],
+            source,
+            score_threshold=settings["score_threshold"],
+        )
 
     def predict(self, encoded):
         """Detections for one encoded image (JPEG / PNG / GIF / BMP bytes).

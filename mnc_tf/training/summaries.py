@@ -92,7 +92,10 @@ class TrainingSummaries(keras.callbacks.Callback):
         (``None``: no images).
       image_info: optional ``[n, 4, 2]`` image_info of ``images`` (valid region to crop).
       class_names: names of labels ``1..num_classes`` for the drawings.
-      score_threshold: instances drawn when their score is at least this.
+      score_threshold: instances drawn when their score is at least this (``None``: the
+        model's ``config.predict_score_threshold``).
+      mask_threshold: binarisation of the drawn soft masks (``None``: the model's
+        ``config.mask_binarize_threshold``).
     """
 
     def __init__(
@@ -102,7 +105,8 @@ class TrainingSummaries(keras.callbacks.Callback):
         images=None,
         image_info=None,
         class_names=None,
-        score_threshold=0.5,
+        score_threshold=None,
+        mask_threshold=None,
     ):
         super().__init__()
         self.log_dir = str(log_dir)
@@ -110,7 +114,8 @@ class TrainingSummaries(keras.callbacks.Callback):
         self.images = None if images is None else np.asarray(images, np.float32)
         self.image_info = None if image_info is None else np.asarray(image_info, np.float32)
         self.class_names = list(class_names) if class_names else None
-        self.score_threshold = float(score_threshold)
+        self.score_threshold = None if score_threshold is None else float(score_threshold)
+        self.mask_threshold = None if mask_threshold is None else float(mask_threshold)
         self._writer = None
         self._predict = None
 
@@ -156,6 +161,13 @@ class TrainingSummaries(keras.callbacks.Callback):
             self._predict = tf.function(lambda x: self.model(x, training=False))
         out = self._predict(tf.constant(self.images))
         out = {k: np.asarray(v) for k, v in out.items()}
+        config = self.model.config
+        score_threshold = self.score_threshold
+        if score_threshold is None:
+            score_threshold = config.predict_score_threshold
+        mask_threshold = self.mask_threshold
+        if mask_threshold is None:
+            mask_threshold = config.mask_binarize_threshold
         pictures = []
         for i, image in enumerate(self.images):
             h, w = image.shape[:2]
@@ -170,7 +182,8 @@ class TrainingSummaries(keras.callbacks.Callback):
                     out["classes"][i, :n],
                     out["scores"][i, :n],
                     self.class_names,
-                    score_threshold=self.score_threshold,
+                    score_threshold=score_threshold,
+                    mask_threshold=mask_threshold,
                 )
             )
         # Pictures of one batch share the padded size; pad the cropped ones back.

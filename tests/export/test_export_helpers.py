@@ -7,7 +7,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from mnc_tf.export import coco_results, latest_version_dir, read_labels
-from mnc_tf.export.serving import label_map
+from mnc_tf.export.signatures import label_map, model_settings
 
 
 def test_label_map_defaults_to_contiguous_labels():
@@ -19,6 +19,26 @@ def test_label_map_defaults_to_contiguous_labels():
         label_map(types.SimpleNamespace(class_names=["a", "b"], category_ids=[7]))
     with pytest.raises(ValueError, match="number of classes"):
         label_map(types.SimpleNamespace())
+
+
+def test_model_settings_come_from_the_model_config():
+    config = types.SimpleNamespace(
+        short_side=64.0,
+        max_side=96,
+        mask_size=14,
+        mask_binarize_threshold=0.3,
+        predict_score_threshold=0.7,
+    )
+    assert model_settings(types.SimpleNamespace(config=config)) == {
+        "short_side": 64,
+        "max_side": 96,
+        "mask_size": 14,
+        "mask_threshold": 0.3,
+        "score_threshold": 0.7,
+    }
+    del config.mask_binarize_threshold
+    with pytest.raises(ValueError, match=r"model\.config\.mask_binarize_threshold"):
+        model_settings(types.SimpleNamespace(config=config))
 
 
 def test_latest_version_dir(tmp_path):

@@ -63,6 +63,25 @@ def test_box_relative_masks_are_pasted_like_paste_masks():
     np.testing.assert_array_equal(visualize.full_image_masks(soft, boxes, (64, 96)), full)
 
 
+def test_defaults_are_a_default_config_s_and_a_given_mask_threshold_is_used():
+    from mnc_tf.config import MNCConfig
+
+    assert visualize.DEFAULT_MASK_THRESHOLD == MNCConfig().mask_binarize_threshold
+    assert visualize.DEFAULT_SCORE_THRESHOLD == MNCConfig().predict_score_threshold
+    image, boxes, _ = _scene()
+    soft = np.random.default_rng(1).uniform(size=(2, 14, 14)).astype(np.float32)
+    for threshold in (0.2, 0.7):
+        full = np.asarray(paste_masks(soft, boxes, (64, 96), threshold=threshold))
+        np.testing.assert_array_equal(
+            visualize.full_image_masks(soft, boxes, (64, 96), threshold=threshold), full
+        )
+        a = visualize.draw_instances(
+            image, boxes, soft, mask_threshold=threshold, show_boxes=False, show_labels=False
+        )
+        b = visualize.draw_instances(image, boxes, full, show_boxes=False, show_labels=False)
+        np.testing.assert_array_equal(a, b)
+
+
 def test_score_threshold_hides_instances():
     image, boxes, masks = _scene()
     out = visualize.draw_instances(image, boxes, masks, [1, 1], [0.2, 0.3], score_threshold=0.5)
