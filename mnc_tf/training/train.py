@@ -8,8 +8,9 @@ What a run does, in order:
 3. builds the datasets (generating the synthetic shapes on first use) with the *global* batch
    ``per_replica_batch_size × replicas``, split per replica by
    ``strategy.distribute_datasets_from_function`` (each input pipeline reads its own shard);
-4. builds ``mnc_tf.MNC`` inside ``strategy.scope()`` with the learning rate scaled linearly to
-   the global batch (logged), and ``compile()``s it with the paper's optimiser and XLA off;
+4. builds ``mnc_tf.MNC`` inside ``strategy.scope()`` from the config as written, and
+   ``compile()``s it with the paper's optimiser, at the learning rate scaled linearly to the
+   global batch (logged; the optimizer holds it, the model's config keeps the user's), XLA off;
 5. ``fit``s for ``model.total_steps`` steps, reading an iterator created up front
    (:class:`ResumableInput`) so that the checkpoints hold the input pipeline's position, with,
    in this order, :class:`BackupAndRestore` (checkpoints every ``checkpoint_every`` steps,
@@ -235,10 +236,11 @@ def build_datasets(config: ExperimentConfig, strategy, model_dir: str) -> DataSp
 
 
 # ---------------------------------------------------------------------------------- model
-def build_model(config: ExperimentConfig, info, learning_rate: float):
-    """``mnc_tf.MNC`` from the ``model`` section, classes from ``info``, the scaled lr.
+def build_model(config: ExperimentConfig, info):
+    """``mnc_tf.MNC`` from the ``model`` section (as the user wrote it), classes from ``info``.
 
-    Call inside ``strategy.scope()``.
+    Call inside ``strategy.scope()``. The learning rate scaled to the global batch goes to
+    the optimizer only (:func:`build_optimizer`), so the saved model records the user's.
     """
     from mnc_tf.modeling.mnc import MNC
 
@@ -251,7 +253,7 @@ def build_model(config: ExperimentConfig, info, learning_rate: float):
             f"model.num_classes is {num_classes} but the training data has {info.num_classes} "
             "classes; remove model.num_classes to take it from the data."
         )
-    mnc_cfg = config.mnc_config().replace(learning_rate=learning_rate)
+    mnc_cfg = config.mnc_config()
     return MNC(
         info.num_classes,
         backbone=backbone,
@@ -260,6 +262,18 @@ def build_model(config: ExperimentConfig, info, learning_rate: float):
         class_names=list(info.class_names),
         category_ids=list(info.category_ids),
     )
+
+
+def build_optimizer(model, learning_rate: float):
+    """The optimizer ``model.compile()`` would build from ``model.config``, at
+    ``learning_rate`` instead of the config's (the rate scaled to the global batch).
+
+    ``model.config`` is not changed: only the optimizer (and its schedule, saved with the
+    optimizer in checkpoints and ``.keras`` files) carries the scaled rate.
+    """
+    from mnc_tf.modeling.optim import build_optimizer as build_from_config
+
+    return build_from_config(model.config.replace(learning_rate=learning_rate))
 
 
 # ---------------------------------------------------------------------------------- callbacks
@@ -425,8 +439,8 @@ def train(
 
         # 4. Model.
         with strategy.scope():
-            model = build_model(config, splits.info, lr)
-            model.compile(jit_compile=False)
+            model = build_model(config, splits.info)
+            model.compile(optimizer=build_optimizer(model, lr), jit_compile=False)
             model.optimizer.build(model.trainable_variables)
         if new_run:  # the config is valid: record it (a failed config leaves nothing behind)
             _write_config(model_dir, config)
