@@ -245,7 +245,7 @@ def test_mnc_fit_on_a_dataset_does_not_warn_about_shuffle(tmp_path):
 
 
 def test_best_model_metric_line_only_when_an_evaluation_lacks_it(tmp_path, caplog):
-    from mnc_tf.training.checkpoints import BestModelCheckpoint
+    from mnc_tf.training.best_model import BestModelCheckpoint
 
     best = BestModelCheckpoint(str(tmp_path / "best.keras"), monitor="mAP_r@0.5", mode="max")
     with caplog.at_level(logging.DEBUG, logger="mnc_tf.training"):

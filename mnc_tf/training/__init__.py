@@ -5,8 +5,10 @@
 
 or the CLI ``mnc-train --config configs/shapes_tiny_mnc5.yaml --model-dir runs/shapes``.
 Modules: ``config`` (YAML experiment config), ``strategy`` (strategy choice, global batch, lr
-scaling), ``checkpoints`` (atomic step checkpoints and exact resume, best model),
-``summaries`` (TensorBoard), ``train`` (the driver).
+scaling), ``data_sources`` (the run's datasets: synthetic shapes, COCO, SBD / VOC),
+``checkpoints`` (atomic step checkpoints and exact resume), ``resumable_input`` (the ``fit``
+input whose position the checkpoints hold), ``best_model`` (``best.keras`` / ``final.keras``),
+``summaries`` (TensorBoard), ``progress`` (log lines), ``train`` (the driver).
 """
 
 import importlib
@@ -19,7 +21,8 @@ _EXPORTS = {
     "load_config": "mnc_tf.training.config",
     "select_strategy": "mnc_tf.training.strategy",
     "BackupAndRestore": "mnc_tf.training.checkpoints",
-    "BestModelCheckpoint": "mnc_tf.training.checkpoints",
+    "BestModelCheckpoint": "mnc_tf.training.best_model",
+    "ResumableInput": "mnc_tf.training.resumable_input",
     "TrainingSummaries": "mnc_tf.training.summaries",
     "train": "mnc_tf.training.train",
 }

@@ -1,4 +1,4 @@
-"""Fault tolerance: step checkpoints that resume exactly, an atomic best model, the final export.
+"""Fault tolerance: step checkpoints that resume exactly, and the cleanup of killed writes.
 
 :class:`BackupAndRestore` is a ``keras.callbacks.BackupAndRestore`` (use it like one:
 ``BackupAndRestore(backup_dir, save_freq=N, delete_checkpoint=False)``) that fixes three things
@@ -20,11 +20,11 @@ Keras 3's own callback does not do:
   ``total_steps`` optimizer steps in all — not the Keras 3 behaviour of replaying the whole
   interrupted epoch on top of mid-epoch weights.
 * **The input pipeline's position.** Given ``iterator=`` (the ``tf.data`` iterator that
-  ``fit`` consumes, see :class:`ResumableInput`), each checkpoint also holds the iterator's
-  state — shuffle order, the random stream of the augmentations, the epoch it is in, buffered
-  elements — so a resumed run sees exactly the batches the uninterrupted run would have seen.
-  Keras 3's own callback restores the weights only and ``fit`` restarts the data from its
-  seeded beginning, so a resumed run trains on other batches.
+  ``fit`` consumes, see :mod:`mnc_tf.training.resumable_input`), each checkpoint also holds
+  the iterator's state — shuffle order, the random stream of the augmentations, the epoch it
+  is in, buffered elements — so a resumed run sees exactly the batches the uninterrupted run
+  would have seen. Keras 3's own callback restores the weights only and ``fit`` restarts the
+  data from its seeded beginning, so a resumed run trains on other batches.
 * **Multi-worker.** Every worker takes part in each save (TF's rule), but only the chief writes
   to ``backup_dir``; the others write to scratch directories that are removed right away.
 
@@ -34,13 +34,15 @@ shards) and ``.scratch/``; :func:`remove_interrupted_writes` deletes them when a
 Checkpoint files: ``backup_dir/ckpt-<step>.index`` / ``.data-*`` and ``backup_dir/checkpoint``;
 ``tf.train.latest_checkpoint(backup_dir)`` finds the newest and ``tf.train.Checkpoint(model=m,
 optimizer=m.optimizer).restore(path)`` loads it outside training.
+
+The rest of a run's fault tolerance: :mod:`mnc_tf.training.resumable_input` (the ``fit`` input
+whose position the checkpoints hold), :mod:`mnc_tf.training.best_model` (``best.keras`` and
+``final.keras``, atomically), :mod:`mnc_tf.io_utils` (atomic JSON / YAML writes).
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
-import json
 import logging
 import math
 import os
@@ -53,10 +55,6 @@ import uuid
 import keras
 import tensorflow as tf
 
-# Keras exports no public base class for fit() inputs; this one is stable since Keras 3.0.
-from keras.src.trainers.data_adapters.data_adapter import DataAdapter
-
-from mnc_tf.io_utils import atomic_path, atomic_write_json
 from mnc_tf.training import strategy as strategy_lib
 
 logger = logging.getLogger("mnc_tf.training")
@@ -119,117 +117,6 @@ class KillDuringEvaluation(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         kill_when("eval", epoch + 1, delay=0.2)
-
-
-# ---------------------------------------------------------------------------------- input
-class _Iterable(tf.distribute.DistributedDataset):
-    """A distributed dataset (to Keras) whose ``iter()`` is one existing iterator."""
-
-    def __init__(self, dataset, iterator):
-        self._dataset = dataset
-        self._iterator = iterator
-
-    def __iter__(self):
-        return self._iterator
-
-    @property
-    def element_spec(self):
-        return self._dataset.element_spec
-
-    def reduce(self, initial_state, reduce_func):
-        raise NotImplementedError("ResumableInput only feeds fit()")
-
-
-class ResumableInput(DataAdapter):
-    """``fit`` input whose iterator exists before ``fit`` does, so checkpoints can hold it.
-
-    Keras 3's ``fit`` calls ``iter()`` on its input itself and keeps that iterator private.
-    This Keras data adapter (``fit`` takes adapters as they are) hands ``fit`` the iterator it
-    created up front; pass :attr:`iterator` to :class:`BackupAndRestore` and the checkpoints
-    carry the input pipeline's position. ``model.fit(ResumableInput(ds), steps_per_epoch=..)``.
-
-    Args:
-      dataset: a repeating ``tf.data.Dataset`` or a distributed dataset
-        (``strategy.distribute_datasets_from_function``).
-
-    Use one instance for one ``fit`` call (``fit`` continues from wherever the iterator is),
-    inside ``with resumable.fitting(model):`` (see :meth:`fitting`).
-    """
-
-    def __init__(self, dataset):
-        self._dataset = dataset
-        self.iterator = iter(dataset)
-        self._iterable = _Iterable(dataset, self.iterator)
-
-    @contextlib.contextmanager
-    def fitting(self, model):
-        """Context for ``model.fit(self, ...)``: Keras' pre-fit build reads a separate iterator.
-
-        Under a ``tf.distribute`` strategy scope Keras 3's ``fit`` first takes one batch from
-        its input to build the model symbolically (``_maybe_symbolic_build``); from this input
-        that batch would come off the checkpointed iterator, shifting the data by one batch
-        per ``fit`` call. Here it comes from a throwaway iterator over the same dataset.
-        """
-        original = model._maybe_symbolic_build
-
-        def build_from_a_separate_iterator(iterator=None, data_batch=None):
-            if iterator is not None and data_batch is None:
-                iterator = [(0, 0, iter(self._dataset))]  # Keras reads (begin, end, iterator)
-            return original(iterator=iterator, data_batch=data_batch)
-
-        model._maybe_symbolic_build = build_from_a_separate_iterator
-        try:
-            yield self
-        finally:
-            if model.__dict__.get("_maybe_symbolic_build") is build_from_a_separate_iterator:
-                del model._maybe_symbolic_build
-            else:
-                model._maybe_symbolic_build = original
-
-    @property
-    def checkpointable(self):
-        """Whether :attr:`iterator` can go into a ``tf.train.Checkpoint``: a ``tf.data``
-        iterator can; TF 2.21's ``MirroredStrategy`` distributed iterator cannot."""
-        return isinstance(self.iterator, tf.__internal__.tracking.Trackable)
-
-    def get_tf_dataset(self):
-        return self._iterable
-
-    def get_numpy_iterator(self):
-        raise NotImplementedError("ResumableInput feeds the TensorFlow backend's fit() only")
-
-    get_jax_iterator = get_torch_dataloader = get_numpy_iterator
-
-    @property
-    def num_batches(self):
-        cardinality = self._dataset.cardinality
-        cardinality = int(cardinality() if callable(cardinality) else cardinality)
-        return cardinality if cardinality >= 0 else None
-
-    @property
-    def batch_size(self):
-        return None
-
-    @property
-    def has_partial_batch(self):
-        return None
-
-    @property
-    def partial_batch_size(self):
-        return None
-
-
-def without_external_state_check(dataset):
-    """``dataset`` with iterator checkpointing allowed despite its ``numpy_function`` loader.
-
-    The COCO loader runs in ``tf.numpy_function`` (state outside the graph, for TensorFlow),
-    so by default every iterator save logs "PyFunc is stateful". Its output depends only on
-    its inputs (record index, flip), which the iterator state does hold; the only Python state
-    is a count of decode errors.
-    """
-    options = tf.data.Options()
-    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
-    return dataset.with_options(options)
 
 
 # ---------------------------------------------------------------------------------- callbacks
@@ -500,83 +387,3 @@ def latest_step(backup_dir) -> int | None:
     if path is None:
         return None
     return int(os.path.basename(path).rsplit("-", 1)[1])
-
-
-def atomic_save_model(model: keras.Model, path: str):
-    """``model.save(path)`` through a temporary file and ``os.replace``.
-
-    A kill during the save leaves either the previous file or the new one, never a partial one.
-    """
-    if not str(path).endswith(".keras"):
-        raise ValueError(f"path must end in '.keras', got {path!r}.")
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomic_path(path, suffix=".keras") as tmp:  # model.save wants the .keras suffix
-        model.save(tmp)
-
-
-class BestModelCheckpoint(keras.callbacks.Callback):
-    """Save the model as ``.keras`` (atomically) whenever ``monitor`` improves; chief only.
-
-    Next to the model, ``<path>.json`` records the metric value, epoch and global step.
-    A missing ``monitor`` in an epoch's logs (e.g. no evaluation that epoch) is skipped.
-
-    Args:
-      filepath: ``.../best.keras``.
-      monitor: a key of the epoch logs (e.g. ``"mAP_r@0.5"``, ``"val_loss"``, ``"loss"``).
-      mode: ``"max"`` or ``"min"``.
-    """
-
-    def __init__(self, filepath, monitor="loss", mode="min"):
-        super().__init__()
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
-        if not str(filepath).endswith(".keras"):
-            raise ValueError(f"filepath must end in '.keras', got {filepath!r}.")
-        self.filepath = str(filepath)
-        self.monitor = monitor
-        self.mode = mode
-        self.best = None
-        self._warned = False
-        meta = self.filepath + ".json"
-        if os.path.exists(meta):
-            # A resumed run must beat the best of the run it resumes.
-            with open(meta) as f:
-                self.best = json.load(f).get("value")
-
-    def _improved(self, value):
-        if self.best is None or not math.isfinite(self.best):
-            return math.isfinite(value)
-        return value > self.best if self.mode == "max" else value < self.best
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        if self.monitor not in logs:
-            # Normal on epochs without evaluation (only losses in the logs); on an evaluated
-            # epoch it means train.best_metric names no metric: say so, once.
-            evaluated = any("/" in k or k.startswith("mAP") for k in logs)
-            if evaluated and not self._warned:
-                logger.warning(
-                    "best-model metric %r not in the evaluation's metrics (have: %s); "
-                    "best.keras is not updated",
-                    self.monitor,
-                    ", ".join(sorted(logs)),
-                )
-                self._warned = True
-            return
-        value = float(logs[self.monitor])
-        if not self._improved(value):
-            return
-        self.best = value
-        if not strategy_lib.is_chief(self.model.distribute_strategy):
-            return
-        atomic_save_model(self.model, self.filepath)
-        meta = {
-            "monitor": self.monitor,
-            "mode": self.mode,
-            "value": value,
-            "epoch": epoch + 1,
-            "step": global_step(self.model),
-        }
-        atomic_write_json(self.filepath + ".json", meta)
-        logger.info("new best %s = %.4f, saved %s", self.monitor, value, self.filepath)

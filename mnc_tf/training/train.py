@@ -197,7 +197,7 @@ def build_datasets(config: ExperimentConfig, strategy, model_dir: str) -> DataSp
         seed=config.train.seed,
         **common,
     )
-    from mnc_tf.training.checkpoints import without_external_state_check
+    from mnc_tf.training.resumable_input import without_external_state_check
 
     fn = coco_dataset_fn(train_ann, train_dir, global_batch, **train_kwargs)
     info = fn.info
@@ -391,17 +391,16 @@ def train(
     import keras
     import tensorflow as tf
 
+    from mnc_tf.training.best_model import BestModelCheckpoint, atomic_save_model
     from mnc_tf.training.checkpoints import (
         KILL_ENV,
         BackupAndRestore,
-        BestModelCheckpoint,
         KillDuringEvaluation,
-        ResumableInput,
-        atomic_save_model,
         global_step,
         kill_when,
         remove_interrupted_writes,
     )
+    from mnc_tf.training.resumable_input import ResumableInput
     from mnc_tf.training.summaries import TrainingSummaries
 
     chief = strategy_lib.is_chief(strategy)

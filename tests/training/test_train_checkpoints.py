@@ -11,12 +11,8 @@ from training_testutil import TINY_MODEL
 
 from mnc_tf.data import coco_dataset, make_shapes_dataset
 from mnc_tf.modeling.mnc import MNC
-from mnc_tf.training.checkpoints import (
-    BackupAndRestore,
-    BestModelCheckpoint,
-    global_step,
-    latest_step,
-)
+from mnc_tf.training.best_model import BestModelCheckpoint
+from mnc_tf.training.checkpoints import BackupAndRestore, global_step, latest_step
 
 TOTAL, PER_EPOCH, SAVE_EVERY, CRASH_AT = 7, 3, 2, 5
 
@@ -226,7 +222,7 @@ def test_resume_with_the_input_position_is_exact_and_without_it_is_not(tmp_path)
     the data restarts from its seeded beginning) the weights differ."""
     import shutil
 
-    from mnc_tf.training.checkpoints import ResumableInput, without_external_state_check
+    from mnc_tf.training.resumable_input import ResumableInput, without_external_state_check
 
     shapes = make_shapes_dataset(
         tmp_path / "shapes", 6, seed=2, image_size=64, num_classes=2, max_shapes=2, split="train"
@@ -289,7 +285,7 @@ def test_fit_under_a_strategy_reads_exactly_its_steps_from_the_resumable_input(t
     """Under a strategy scope Keras' fit first takes a batch to build the model; with
     ResumableInput.fitting that batch comes from a separate iterator, so the checkpointed one
     advances by exactly the steps trained."""
-    from mnc_tf.training.checkpoints import ResumableInput
+    from mnc_tf.training.resumable_input import ResumableInput
 
     shapes = make_shapes_dataset(
         tmp_path / "shapes", 4, seed=4, image_size=64, num_classes=2, max_shapes=2, split="train"
