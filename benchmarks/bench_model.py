@@ -142,7 +142,7 @@ def precision_main(args):
             fns = {}
             for name, m in (("float32", m32), (low, m16)):
                 bb = tf.function(
-                    lambda x, m=m: m.backbone(m.normalizer(x), training=False), jit_compile=False
+                    lambda x, m=m: m.backbone(m.preprocessing(x), training=False), jit_compile=False
                 )
                 full = tf.function(lambda x, m=m: m(x, training=False), jit_compile=False)
                 fns[f"backbone_{name}"] = lambda bb=bb, x=images: bb(x).numpy()
@@ -150,7 +150,7 @@ def precision_main(args):
             load0 = os.getloadavg()[0]
             seconds = time_interleaved(fns, args.runs)
             load1 = os.getloadavg()[0]
-            bb_flops = graph_conv_flops(lambda x, m=m32: m.backbone(m.normalizer(x)), h, w)
+            bb_flops = graph_conv_flops(lambda x, m=m32: m.backbone(m.preprocessing(x)), h, w)
             fh, fw = -(-h // m32.feature_stride), -(-w // m32.feature_stride)
             rpn, mask, cls = head_flops(m32, m32.config.rpn.post_nms_topk_test, fh, fw)
             total = bb_flops + rpn + 2 * (mask + cls)
@@ -299,12 +299,12 @@ def main():
 
     @tf.function(jit_compile=False)
     def backbone_fwd(x):
-        return m5.backbone(m5.normalizer(x), training=False)
+        return m5.backbone(m5.preprocessing(x), training=False)
 
     @tf.function(jit_compile=False)
     def backbone_fwd_bwd(x):
         with tf.GradientTape() as tape:
-            f = m5.backbone(m5.normalizer(x), training=True)
+            f = m5.backbone(m5.preprocessing(x), training=True)
             loss = tf.reduce_sum(tf.cast(f, tf.float32))
         return tape.gradient(loss, m5.backbone.trainable_weights)
 

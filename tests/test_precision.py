@@ -32,7 +32,7 @@ def test_dtype_policy_builds_every_part_and_restores_the_global_policy():
         assert layer.dtype_policy.name == "mixed_bfloat16", layer.name
     assert model.roi_warp.compute_dtype == "bfloat16"
     assert model.mask_head.fc.kernel.dtype == "float32"  # mixed: float32 weights
-    assert model.normalizer.compute_dtype == "float32"  # pixels stay float32
+    assert model.preprocessing.compute_dtype == "float32"  # pixels stay float32
     # Saved and restored with its policy.
     clone = MNC.from_config(model.get_config())
     assert clone.dtype_policy.name == "mixed_bfloat16"

@@ -164,7 +164,11 @@ def main(argv=None):
     max_side = args.max_side or trained["max_side"]
     mask_threshold = args.mask_threshold
     if mask_threshold is None:
-        mask_threshold = trained["mask_threshold"] if trained["mask_threshold"] else 0.4
+        mask_threshold = trained["mask_threshold"]
+    if mask_threshold is None:  # a model that does not say: the config's default
+        from mnc_tf.config import PostprocessConfig
+
+        mask_threshold = PostprocessConfig.mask_threshold
     if max_side < short_side:
         return _error(
             f"--max-side: must be >= the shorter side ({short_side}), got {max_side}"

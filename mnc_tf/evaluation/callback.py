@@ -38,7 +38,7 @@ class EvaluationCallback(keras.callbacks.Callback):
       writer: a ``tf.summary`` writer to use instead of ``log_dir``.
       prefix: prepended to every metric name.
       info, mask_threshold, max_batches: passed to ``evaluate_model`` (``mask_threshold``
-        None: the model's ``config.mask_binarize_threshold``).
+        None: the model's ``config.postprocess.mask_threshold``).
     """
 
     def __init__(

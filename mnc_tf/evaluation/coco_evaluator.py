@@ -56,7 +56,8 @@ class COCOEvaluator:
       category_ids: ``[C]``: label ``l`` ↔ ``category_ids[l - 1]``; default the sorted
         category ids of the file (what :func:`mnc_tf.data.coco_dataset` uses).
       iou_types: any of ``"bbox"``, ``"segm"``.
-      mask_threshold: binarisation threshold for soft masks.
+      mask_threshold: binarisation threshold for soft masks (None: ``MNCConfig`` default,
+        0.4; pass the model's, ``model_preprocessing(model)['mask_threshold']``).
       per_class: also report per-class AP.
     """
 
@@ -65,7 +66,7 @@ class COCOEvaluator:
         annotation_file,
         category_ids=None,
         iou_types=("bbox", "segm"),
-        mask_threshold=0.4,
+        mask_threshold=None,
         per_class=False,
     ):
         self.coco_gt, _ = load_coco(annotation_file)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from mnc_tf.config import PostprocessConfig
 from mnc_tf.core import box_ops
 from mnc_tf.core.masks import paste_masks
 
@@ -23,18 +24,22 @@ def _numpy(x):
     return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
 
 
-def normalize_detections(detections, image_size, mask_threshold=0.4):
+def normalize_detections(detections, image_size, mask_threshold=None):
     """Validate one image's detections and bring masks to full-image binary form.
 
     Args:
       detections: dict as in the module docstring.
       image_size: original ``(H, W)``.
-      mask_threshold: binarisation threshold for soft masks (released MNC code: 0.4).
+      mask_threshold: binarisation threshold for soft masks; None: the model default
+        ``MNCConfig().postprocess.mask_threshold`` (0.4, released MNC code). Pass the model's
+        (``mnc_tf.evaluation.model_preprocessing(model)["mask_threshold"]``).
 
     Returns:
       dict ``boxes [n, 4]``, ``scores [n]``, ``classes int32 [n]`` and ``masks uint8
       [n, H, W]`` (``None`` when the detections have no masks), padding rows removed.
     """
+    if mask_threshold is None:
+        mask_threshold = PostprocessConfig.mask_threshold
     for key in ("boxes", "scores", "classes"):
         if key not in detections:
             raise ValueError(f"detections lacks {key!r} (keys: {sorted(detections)})")
@@ -77,7 +82,7 @@ def normalize_detections(detections, image_size, mask_threshold=0.4):
     }
 
 
-def outputs_to_original(outputs, index, image_info, mask_threshold=0.4):
+def outputs_to_original(outputs, index, image_info, mask_threshold=None):
     """One image of a model's batched outputs → detections in original pixels.
 
     Args:
@@ -85,7 +90,7 @@ def outputs_to_original(outputs, index, image_info, mask_threshold=0.4):
         ``classes``, ``masks [B, K, m, m]``, ``num_detections [B]``).
       index: which image of the batch.
       image_info: that image's ``[4, 2]`` (original size, resized size, scale, offset).
-      mask_threshold: for pasting the soft masks.
+      mask_threshold: for pasting the soft masks (None: see :func:`normalize_detections`).
 
     Returns:
       :func:`normalize_detections` output with boxes ``÷ image_info[2]``, clipped to the

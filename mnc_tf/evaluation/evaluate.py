@@ -8,6 +8,7 @@ import time
 import keras
 import numpy as np
 
+from mnc_tf.config import PostprocessConfig
 from mnc_tf.evaluation.coco_evaluator import COCOEvaluator
 from mnc_tf.evaluation.detections import outputs_to_original
 from mnc_tf.evaluation.voc_evaluator import VOCEvaluator
@@ -17,20 +18,22 @@ logger = logging.getLogger("mnc_tf.evaluation")
 
 def model_preprocessing(model):
     """What a model was trained with and its consumers must use: ``{"short_side", "max_side",
-    "mask_threshold", "score_threshold"}`` from ``model.config`` (an :class:`mnc_tf.MNC` or a
-    loaded ``.keras`` file carries it). Entries the model does not define are ``None``.
+    "mask_threshold", "score_threshold"}`` from its :class:`~mnc_tf.preprocessing.Preprocessing`
+    layer (``model.preprocessing``) and ``model.config.postprocess`` (an :class:`mnc_tf.MNC` or
+    a loaded ``.keras`` file carries both). Entries the model does not define are ``None``.
     """
-    config = getattr(model, "config", None)
+    pre = getattr(model, "preprocessing", None)
+    post = getattr(getattr(model, "config", None), "postprocess", None)
 
-    def get(name, cast):
-        value = getattr(config, name, None)
+    def get(obj, name, cast):
+        value = getattr(obj, name, None)
         return None if value is None else cast(value)
 
     return {
-        "short_side": get("short_side", int),
-        "max_side": get("max_side", int),
-        "mask_threshold": get("mask_binarize_threshold", float),
-        "score_threshold": get("predict_score_threshold", float),
+        "short_side": get(pre, "short_side", int),
+        "max_side": get(pre, "max_side", int),
+        "mask_threshold": get(post, "mask_threshold", float),
+        "score_threshold": get(post, "predict_score_threshold", float),
     }
 
 
@@ -154,7 +157,7 @@ def evaluate_model(
         ``reset``, ``add_image`` and ``evaluate``).
       info: the dataset's :class:`mnc_tf.data.DatasetInfo` (default ``dataset.info``).
       mask_threshold: binarisation threshold when pasting; ``None``: the model's
-        (``config.mask_binarize_threshold``, released MNC code 0.4).
+        (``config.postprocess.mask_threshold``, released MNC code 0.4).
       max_batches: stop after this many batches (quick checks).
       reset: reset the evaluators first.
       log_summary: log one summary table of the metrics (INFO, logger
@@ -170,7 +173,8 @@ def evaluate_model(
         raise ValueError("evaluators must hold at least one evaluator")
     if mask_threshold is None:
         mask_threshold = model_preprocessing(model)["mask_threshold"]
-        mask_threshold = 0.4 if mask_threshold is None else mask_threshold
+        if mask_threshold is None:
+            mask_threshold = PostprocessConfig().mask_threshold
     info = info if info is not None else getattr(dataset, "info", None)
     bind_evaluators(evaluators, info)
     if reset:

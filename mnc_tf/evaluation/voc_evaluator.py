@@ -80,7 +80,8 @@ class VOCEvaluator:
       class_names: optional ``[C]`` names for per-class metrics.
       ground_truth: optional COCO ground truth for :meth:`add_image`.
       category_ids: ``[C]`` category id of each label in ``ground_truth`` (default sorted).
-      mask_threshold: binarisation threshold for soft predicted masks.
+      mask_threshold: binarisation threshold for soft predicted masks (None: ``MNCConfig``
+        default, 0.4; pass the model's, ``model_preprocessing(model)['mask_threshold']``).
     """
 
     def __init__(
@@ -90,7 +91,7 @@ class VOCEvaluator:
         class_names=None,
         ground_truth=None,
         category_ids=None,
-        mask_threshold=0.4,
+        mask_threshold=None,
     ):
         if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")

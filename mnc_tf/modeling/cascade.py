@@ -104,7 +104,7 @@ def loss_terms(stages, det_classifier=False):
 
     The term keys the loss weight (:func:`mnc_tf.modeling.losses.loss_weights`); the name is
     the term's ``<term>_loss`` plus the stage's suffix (``mask_loss_4``, ``cls_loss_5``).
-    ``det_cls``: the box-level classifier of ``MNCConfig.det_classifier``.
+    ``det_cls``: the box-level classifier of ``MNCConfig.heads.det_classifier``.
     """
     terms = []
     for st in stages:
@@ -160,10 +160,15 @@ class Cascade:
                     pred = tf.cast(tf.argmax(prev.cls_logits[..., 1:], axis=-1), tf.int32) + 1
                     rois = self._refine(rois, prev.box_deltas, pred, valid, image_size, grad_scale)
                     if gt is not None:
-                        if cfg.bridge_add_gt:
+                        if cfg.cascade.bridge_add_gt:
                             rois, valid = _append_gt(rois, valid, gt["boxes"], gt["valid"])
                         box_labels = matching.label_rois(
-                            rois, valid, gt["boxes"], gt["labels"], gt["valid"], cfg.roi_fg_iou
+                            rois,
+                            valid,
+                            gt["boxes"],
+                            gt["labels"],
+                            gt["valid"],
+                            cfg.roi_sampling.fg_iou,
                         )
                 warped, mask_logits = self._mask_logits(features, rois, training, st.head)
                 outputs.append(StageOutput(st, rois, valid, mask_logits, warped, box_labels))
@@ -173,9 +178,9 @@ class Cascade:
                 if gt is not None:
                     # Mask-level labels first: they decide which RoIs' soft masks pass gradient.
                     out.cls_labels = self._class_labels(out, gt)
-                    if cfg.mask_pathway_grad_fg_only:
+                    if cfg.heads.mask_pathway_grad_fg_only:
                         grad_rows = out.cls_labels > 0
-                det = gt is not None and cfg.det_classifier
+                det = gt is not None and cfg.heads.det_classifier
                 logits = self._classify(
                     out.warped, out.mask_logits, batch, training, grad_rows, det, st.head
                 )
@@ -195,14 +200,18 @@ class Cascade:
             st, lab = o.stage, o.box_labels
             if st.kind == MASK:
                 targets = mask_targets(
-                    gt["masks"], o.rois, lab["matched"], cfg.mask_size, cfg.mask_target_threshold
+                    gt["masks"],
+                    o.rois,
+                    lab["matched"],
+                    cfg.heads.mask_size,
+                    cfg.heads.mask_target_threshold,
                 )
                 out["mask_loss" + st.loss_suffix] = losses.mask_loss(
                     o.mask_logits, targets, lab["fg"]
                 )
                 continue
             box_t = class_targets.box_targets(
-                o.rois, gt["boxes"], lab["matched"], cfg.box_regression_weights
+                o.rois, gt["boxes"], lab["matched"], cfg.heads.box_regression_weights
             )
             out["cls_loss" + st.loss_suffix] = losses.class_loss(
                 o.cls_logits, o.cls_labels, o.valid
@@ -212,7 +221,7 @@ class Cascade:
                     o.det_logits, lab["labels"], o.valid
                 )
             out["box_loss" + st.loss_suffix] = losses.box_loss(
-                o.box_deltas, lab["labels"], box_t, lab["fg"], o.valid, cfg.box_smooth_l1_beta
+                o.box_deltas, lab["labels"], box_t, lab["fg"], o.valid, cfg.heads.box_smooth_l1_beta
             )
         return out
 
@@ -244,7 +253,7 @@ class Cascade:
 
     # ------------------------------------------------------------------ one stage's pieces
     def _boxes(self, rois):
-        return rois if self.config.box_gradient else tf.stop_gradient(rois)
+        return rois if self.config.cascade.box_gradient else tf.stop_gradient(rois)
 
     def _head(self, head, kind):
         """``head``, or (None) the first ``kind`` stage's."""
@@ -257,7 +266,7 @@ class Cascade:
         ``head`` (default: stage 2's)."""
         warped = warp_rois(self.roi_warp, features, self._boxes(rois))
         logits = self._head(head, MASK)(warped, training=training)
-        m = self.config.mask_size
+        m = self.config.heads.mask_size
         return warped, tf.reshape(logits, tf.stack([tf.shape(rois)[0], -1, m, m]))
 
     def _classify(self, warped, mask_logits, batch, training, grad_rows=None, det=False, head=None):
@@ -267,7 +276,7 @@ class Cascade:
         through the soft masks of these RoIs only (released ``MaskLayer.backward``).
         ``det``: also return the box-level classifier's logits ``[B, R, N+1]``.
         """
-        m = self.config.mask_size
+        m = self.config.heads.mask_size
         probs = tf.sigmoid(tf.reshape(mask_logits, [-1, m, m]))
         if grad_rows is not None:
             rows = tf.reshape(grad_rows, [-1])[:, None, None]
@@ -287,16 +296,16 @@ class Cascade:
         cfg = self.config
         lab = out.box_labels
         mask_iou = None
-        if cfg.cls_mask_iou_threshold > 0:
+        if cfg.heads.cls_mask_iou_threshold > 0:
             mask_iou = class_targets.mask_overlap(
                 tf.sigmoid(out.mask_logits),
                 out.rois,
                 gt["masks"],
                 lab["matched"],
-                cfg.cls_mask_binarize_threshold,
+                cfg.heads.cls_mask_binarize_threshold,
             )
         return class_targets.class_labels(
-            lab["labels"], lab["fg"], mask_iou, cfg.cls_mask_iou_threshold
+            lab["labels"], lab["fg"], mask_iou, cfg.heads.cls_mask_iou_threshold
         )
 
     def _refine(self, rois, deltas, classes, valid, image_size, grad_scale=None):
@@ -306,8 +315,8 @@ class Cascade:
         """
         d = tf.gather(deltas, classes, batch_dims=2)  # [B, R, 4]
         if grad_scale is not None:
-            d = clip_gradient(d, self.config.bridge_gradient_clip, grad_scale)
-        refined = box_ops.decode(d, rois, self.config.box_regression_weights)
+            d = clip_gradient(d, self.config.cascade.bridge_gradient_clip, grad_scale)
+        refined = box_ops.decode(d, rois, self.config.heads.box_regression_weights)
         refined = box_ops.clip(refined, image_size)
         return tf.where(valid[..., None], refined, 0.0)
 

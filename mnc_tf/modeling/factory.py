@@ -5,19 +5,20 @@ import dataclasses
 import keras
 
 from mnc_tf.modeling.anchors import AnchorGenerator
-from mnc_tf.modeling.backbones import ImageNormalization, build_backbone
+from mnc_tf.modeling.backbones import build_backbone
 from mnc_tf.modeling.cascade import cascade_stages, check_num_stages
 from mnc_tf.modeling.stage1_rpn.head import RPNHead
 from mnc_tf.modeling.stage2_mask.mask_head import MaskHead
 from mnc_tf.modeling.stage2_mask.roi_features import build_roi_warp
 from mnc_tf.modeling.stage3_class.class_head import ClassHead
+from mnc_tf.preprocessing import Preprocessing
 
 
 @dataclasses.dataclass
 class MNCParts:
     """The components of Figure 2, before they are wired together by :class:`MNC`."""
 
-    normalizer: keras.layers.Layer
+    preprocessing: Preprocessing
     backbone: keras.Model
     feature_stride: int
     anchor_generator: AnchorGenerator
@@ -35,29 +36,37 @@ def build_mnc_parts(num_classes, backbone, num_stages, config):
 
     Raises:
       ValueError: bad ``num_classes`` / ``num_stages`` / ``backbone``.
-      FileNotFoundError: ``config.backbone_weights`` does not exist.
+      FileNotFoundError: ``config.backbone_options.weights`` does not exist.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
     check_num_stages(num_stages)
     model, stride, norm, head_init = build_backbone(backbone, config)
     anchors = AnchorGenerator(
-        config.anchor_base_size, config.anchor_ratios, config.anchor_scales, stride
+        config.rpn.anchor_base_size, config.rpn.anchor_ratios, config.rpn.anchor_scales, stride
     )
-    normalizer = ImageNormalization(norm, name="normalize", dtype="float32")
-    rpn_head = RPNHead(anchors.num_anchors, config.rpn_conv_filters, name="rpn_head")
-    roi_warp = build_roi_warp(config.roi_crop_size, config.roi_pooled_size, 1.0 / stride)
-    mask_head = MaskHead(config.mask_size, config.mask_fc_dim, name="mask_head")
+    preprocessing = Preprocessing(
+        config.input.short_side,
+        config.input.max_side,
+        norm,
+        name="preprocessing",
+        dtype="float32",
+    )
+    rpn_head = RPNHead(anchors.num_anchors, config.rpn.conv_filters, name="rpn_head")
+    roi_warp = build_roi_warp(
+        config.heads.roi_crop_size, config.heads.roi_pooled_size, 1.0 / stride
+    )
+    mask_head = MaskHead(config.heads.mask_size, config.heads.mask_fc_dim, name="mask_head")
     class_head = ClassHead(
         num_classes,
-        config.fc_dim,
-        config.roi_pooled_size,
-        config.class_pool_size,
-        det_classifier=config.det_classifier,
+        config.heads.fc_dim,
+        config.heads.roi_pooled_size,
+        config.heads.class_pool_size,
+        det_classifier=config.heads.det_classifier,
         name="class_head",
     )
     return MNCParts(
-        normalizer=normalizer,
+        preprocessing=preprocessing,
         backbone=model,
         feature_stride=stride,
         anchor_generator=anchors,

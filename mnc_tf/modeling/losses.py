@@ -14,12 +14,12 @@ def loss_weights(config):
     """Weight of every loss term (:data:`TERMS`), the one place that reads them from the
     config."""
     return {
-        "rpn_cls": float(config.rpn_cls_loss_weight),
-        "rpn_box": float(config.rpn_box_loss_weight),
-        "mask": float(config.mask_loss_weight),
-        "cls": float(config.cls_loss_weight),
-        "det_cls": float(config.det_cls_loss_weight),
-        "box": float(config.box_loss_weight),
+        "rpn_cls": float(config.loss_weights.rpn_cls),
+        "rpn_box": float(config.loss_weights.rpn_box),
+        "mask": float(config.loss_weights.mask),
+        "cls": float(config.loss_weights.cls),
+        "det_cls": float(config.loss_weights.det_cls),
+        "box": float(config.loss_weights.box),
     }
 
 

@@ -37,7 +37,7 @@ def label_rois(rois, valid, gt_boxes, gt_labels, gt_valid, fg_iou):
     Args:
       rois: float32 ``[B, R, 4]``; valid: bool ``[B, R]``.
       gt_boxes: float32 ``[B, N, 4]``; gt_labels: int ``[B, N]``; gt_valid: bool ``[B, N]``.
-      fg_iou: python float (``MNCConfig.roi_fg_iou``).
+      fg_iou: python float (``MNCConfig.roi_sampling.fg_iou``).
 
     Returns:
       dict of ``[B, R]`` tensors: ``max_iou``, ``matched`` (int32 GT index), ``fg`` (bool),

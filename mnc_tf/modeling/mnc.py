@@ -102,7 +102,7 @@ class MNC(keras.Model):
         self._allow_non_tensor_positional_args = True
         with _global_policy(model_kwargs.get("dtype")):
             parts = build_mnc_parts(num_classes, backbone, num_stages, config)
-        if config.feature_stride is None:
+        if config.backbone_options.feature_stride is None:
             config = config.replace(feature_stride=parts.feature_stride)
         self.num_classes = int(num_classes)
         self.num_stages = int(num_stages)
@@ -119,7 +119,7 @@ class MNC(keras.Model):
         self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.category_ids = None if category_ids is None else [int(c) for c in category_ids]
 
-        self.normalizer = parts.normalizer
+        self.preprocessing = parts.preprocessing  # resize sides + pixel normalisation
         self.backbone = parts.backbone
         self.feature_stride = parts.feature_stride
         self.anchor_generator = parts.anchor_generator
@@ -132,7 +132,7 @@ class MNC(keras.Model):
         # (loss name, term) of every logged loss; the term keys its weight.
         self._loss_terms = tuple(
             [("rpn_cls_loss", "rpn_cls"), ("rpn_box_loss", "rpn_box")]
-            + loss_terms(self.stages, config.det_classifier)
+            + loss_terms(self.stages, config.heads.det_classifier)
         )
         self._loss_weights = loss_lib.loss_weights(config)
         self.loss_names = [name for name, _ in self._loss_terms]
@@ -146,8 +146,8 @@ class MNC(keras.Model):
     def build(self, input_shape=None):
         """Create every weight (input shapes are dynamic, so no shape is needed)."""
         channels = self.backbone.output_shape[-1]
-        s, m = self.config.roi_pooled_size, self.config.mask_size
-        self.normalizer.build((None, None, None, 3))
+        s, m = self.config.heads.roi_pooled_size, self.config.heads.mask_size
+        self.preprocessing.build((None, None, None, 3))
         self.rpn_head.build((None, None, None, channels))
         self.mask_head.build((None, s, s, channels))
         self.class_head.build((None, s, s, channels), (None, m, m))
@@ -163,7 +163,7 @@ class MNC(keras.Model):
 
     # ------------------------------------------------------------------ forward
     def _features(self, images, training):
-        features = self.backbone(self.normalizer(images), training=training)
+        features = self.backbone(self.preprocessing(images), training=training)
         logits, deltas = self.rpn_head(features, training=training)
         return features, logits, deltas, self.anchor_generator(features)
 
@@ -208,7 +208,7 @@ class MNC(keras.Model):
         # d(differentiated loss)/d(one image's loss): batch mean, replicas, loss scale.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         grad_scale = tf.cast(loss_scale, tf.float32) / tf.cast(batch * replicas, tf.float32)
-        prop_deltas = clip_gradient(deltas, cfg.proposal_gradient_clip, grad_scale)
+        prop_deltas = clip_gradient(deltas, cfg.cascade.proposal_gradient_clip, grad_scale)
         proposals, _, valid, proposal_anchors = self._proposals(
             logits, prop_deltas, anchors, image_size, x, train=True
         )
@@ -218,7 +218,7 @@ class MNC(keras.Model):
         sample = sample_rois(
             proposals, valid, gt["boxes"], gt["labels"], gt["valid"], roi_keys, cfg
         )
-        if cfg.rpn_mix_index:
+        if cfg.rpn.mix_index:
             # Anchors behind the sampled RoIs join the RPN losses (released MIX_INDEX).
             num_props = tf.shape(proposals)[1]
             from_prop = sample["valid"] & (sample["index"] < num_props)
@@ -234,7 +234,7 @@ class MNC(keras.Model):
             )
         target_deltas = box_ops.encode(matched_boxes, anchors[None])
         rpn_cls, rpn_box = loss_lib.rpn_losses(
-            logits, deltas, labels, target_deltas, cfg.rpn_smooth_l1_beta
+            logits, deltas, labels, target_deltas, cfg.rpn.smooth_l1_beta
         )
         per_image = {"rpn_cls_loss": rpn_cls, "rpn_box_loss": rpn_box}
         per_image.update(self.cascade.train(features, image_size, sample, gt, grad_scale, training))
@@ -251,11 +251,11 @@ class MNC(keras.Model):
             deltas,
             anchors,
             image_size,
-            cfg.rpn_pre_nms_topk_train if train else cfg.rpn_pre_nms_topk_test,
-            cfg.rpn_post_nms_topk_train if train else cfg.rpn_post_nms_topk_test,
-            cfg.rpn_nms_iou,
-            cfg.rpn_min_size,
-            cfg.rpn_min_size_before_topk,
+            cfg.rpn.pre_nms_topk_train if train else cfg.rpn.pre_nms_topk_test,
+            cfg.rpn.post_nms_topk_train if train else cfg.rpn.post_nms_topk_test,
+            cfg.rpn.nms_iou,
+            cfg.rpn.min_size,
+            cfg.rpn.min_size_before_topk,
             self._min_size_scale(inputs),
             return_anchor_indices=train,
         )
@@ -263,7 +263,7 @@ class MNC(keras.Model):
     def _min_size_scale(self, inputs):
         """float32 ``[B]`` image scale (``image_info`` row 2) multiplying ``rpn_min_size``
         (``rpn_min_size_scaled``), or None (scale 1) when the inputs carry no image_info."""
-        if not self.config.rpn_min_size_scaled or not isinstance(inputs, dict):
+        if not self.config.rpn.min_size_scaled or not isinstance(inputs, dict):
             return None
         info = inputs.get("image_info")
         if info is None:
@@ -347,7 +347,7 @@ class MNC(keras.Model):
     def full_image_masks(self, detections, image_size, threshold=None):
         """Paste ``detections["masks"]`` into binary image masks uint8 ``[B, K, H, W]``
         (``threshold`` defaults to ``mask_binarize_threshold``, 0.4)."""
-        t = self.config.mask_binarize_threshold if threshold is None else threshold
+        t = self.config.postprocess.mask_threshold if threshold is None else threshold
         return mask_ops.paste_masks_batched(
             detections["masks"], detections["boxes"], detections["num_detections"], image_size, t
         )

@@ -125,13 +125,15 @@ def test_training_run_relabels_stage_four_with_label_rois(model):
         "valid": tf.constant(targets["labels"] > 0),
         "masks": tf.constant(targets["masks"]),
     }
-    stage2 = label_rois(props, valid, gt["boxes"], gt["labels"], gt["valid"], cfg.roi_fg_iou)
+    stage2 = label_rois(
+        props, valid, gt["boxes"], gt["labels"], gt["valid"], cfg.roi_sampling.fg_iou
+    )
     run = {"gt": gt, "box_labels": stage2, "grad_scale": tf.constant(0.5)}
     outputs = model.cascade.run(features, size, props, valid, False, run)
     assert outputs[0].box_labels is stage2
     four = outputs[2]
     # bridge_add_gt: stage 4 has the GT boxes appended (2 columns: the most objects per image).
-    assert four.rois.shape == (2, 34, 4) and cfg.bridge_add_gt
+    assert four.rois.shape == (2, 34, 4) and cfg.cascade.bridge_add_gt
     expected = label_rois(four.rois, four.valid, gt["boxes"], gt["labels"], gt["valid"], 0.5)
     for key in ("fg", "matched", "labels"):
         np.testing.assert_array_equal(four.box_labels[key], expected[key])

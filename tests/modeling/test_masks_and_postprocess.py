@@ -87,21 +87,21 @@ def np_detect(boxes, masks, probs, valid, cfg):
         order = [
             j
             for j in np.argsort(-probs[:, c])
-            if valid[j] and probs[j, c] > cfg.detection_score_threshold
+            if valid[j] and probs[j, c] > cfg.postprocess.score_threshold
         ]
         kept = []
         for j in order:
-            if all(np_iou1(boxes[j], boxes[k]) <= cfg.detection_nms_iou for k in kept):
+            if all(np_iou1(boxes[j], boxes[k]) <= cfg.postprocess.nms_iou for k in kept):
                 kept.append(j)
         cands += [(probs[j, c], j, c) for j in kept]
     cands.sort(key=lambda t: -t[0])
-    cands = cands[: cfg.max_detections]
+    cands = cands[: cfg.postprocess.max_detections]
     out_masks = []
     for _score, j, c in cands:
         num = np.zeros(masks.shape[1:])
         den = 0.0
         for i in range(len(boxes)):
-            if valid[i] and np_iou1(boxes[j], boxes[i]) >= cfg.mask_voting_iou:
+            if valid[i] and np_iou1(boxes[j], boxes[i]) >= cfg.postprocess.mask_voting_iou:
                 num += probs[i, c] * np_resample(masks[i], boxes[i], boxes[j], masks.shape[1])
                 den += probs[i, c]
         out_masks.append(num / den)

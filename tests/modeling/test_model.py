@@ -60,7 +60,7 @@ def test_every_stage_shapes(model5, batch):
     props, scores, valid = generate_proposals(logits, deltas, anchors, [[64.0, 64.0]] * 2, 200, 32)
     assert props.shape == (2, 32, 4) and scores.shape == (2, 32) and valid.shape == (2, 32)
     warped = warp_rois(model5.roi_warp, features, props)
-    assert warped.shape == (64, cfg.roi_pooled_size, cfg.roi_pooled_size, 16)
+    assert warped.shape == (64, cfg.heads.roi_pooled_size, cfg.heads.roi_pooled_size, 16)
     mask_logits = model5.mask_head(warped)
     assert mask_logits.shape == (64, 14, 14) and mask_logits.dtype == tf.float32
     cls_logits, box_deltas = model5.class_head(warped, tf.sigmoid(mask_logits))
@@ -256,7 +256,7 @@ def test_layers_serialise():
         model.mask_head,
         model.class_head,
         model.roi_warp,
-        model.normalizer,
+        model.preprocessing,
     ]:
         clone = type(layer).from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()
@@ -272,7 +272,10 @@ def test_user_backbone_contract(tmp_path, batch):
         MNC(3, backbone=user, num_stages=3, config=make_tiny_config(feature_stride=None))
     user.feature_stride = 8
     model = MNC(3, backbone=user, num_stages=3, config=make_tiny_config(feature_stride=None))
-    assert model.config.feature_stride == 8 and model.config.input_normalization is None
+    assert (
+        model.config.backbone_options.feature_stride == 8
+        and model.config.input.normalization is None
+    )
     out = model.predict(images, verbose=0)
     path = str(tmp_path / "u.keras")
     model.save(path)
@@ -355,9 +358,9 @@ def test_standard_backbones_build_at_stride_16():
             num_stages=3,
             config=MNCConfig(fc_dim=16, mask_fc_dim=16, rpn_conv_filters=16),
         )
-        feats = model.backbone(model.normalizer(tf.zeros([1, 64, 96, 3])))
+        feats = model.backbone(model.preprocessing(tf.zeros([1, 64, 96, 3])))
         assert feats.shape == (1, 4, 6, channels), name
-        assert model.feature_stride == 16 and model.normalizer.mode == "caffe"
+        assert model.feature_stride == 16 and model.preprocessing.mode == "caffe"
         frozen = {w.path.split("/")[0] for w in model.backbone.non_trainable_weights}
         if name == "vgg16":
             assert frozen == {"block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2"}

@@ -242,7 +242,9 @@ def test_stage_bridge_matches_released():
     cascade = Cascade(cascade_stages(5), None, cfg, n)
     rois = np.stack([ref.to_ours(b) for b in rois_ref])
     # Our deltas: (dy, dx, dh, dw) per class, times box_regression_weights.
-    d = deltas_ref.reshape(r, n + 1, 4)[..., [1, 0, 3, 2]] * np.array(cfg.box_regression_weights)
+    d = deltas_ref.reshape(r, n + 1, 4)[..., [1, 0, 3, 2]] * np.array(
+        cfg.heads.box_regression_weights
+    )
     pred = np.argmax(scores[:, 1:], axis=1) + 1
     new = cascade._refine(
         rois[None].astype(np.float32),
@@ -265,7 +267,7 @@ def test_stage_bridge_matches_released():
         gt_ours[None],
         np.array([[1, 2, 3, 1]], np.int32),
         np.ones((1, 4), bool),
-        cfg.roi_fg_iou,
+        cfg.roi_sampling.fg_iou,
     )
     overlaps = ref.bbox_overlaps(new_ref, gt_ref)
     np.testing.assert_allclose(labels["max_iou"][0], overlaps.max(1), atol=1e-5)

@@ -90,7 +90,9 @@ def test_model_reads_the_min_size_scale_from_image_info():
 
 def _cascade(num_classes=2, **overrides):
     cfg = MNCConfig(mask_size=6, roi_pooled_size=4, class_pool_size=2, fc_dim=8, **overrides)
-    head = ClassHead(num_classes, cfg.fc_dim, cfg.roi_pooled_size, cfg.class_pool_size, True)
+    head = ClassHead(
+        num_classes, cfg.heads.fc_dim, cfg.heads.roi_pooled_size, cfg.heads.class_pool_size, True
+    )
     head.build((None, 4, 4, 3), (None, 6, 6))
     return Cascade(cascade_stages(3, None, head), None, cfg, num_classes)
 

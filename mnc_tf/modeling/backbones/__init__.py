@@ -1,5 +1,5 @@
 """Shared-feature backbones (Figure 2's "conv" trunk)."""
 
-from mnc_tf.modeling.backbones.factory import BACKBONES, ImageNormalization, build_backbone
+from mnc_tf.modeling.backbones.factory import BACKBONES, build_backbone
 
-__all__ = ["BACKBONES", "ImageNormalization", "build_backbone"]
+__all__ = ["BACKBONES", "build_backbone"]

@@ -2,15 +2,14 @@
 
 User backbone contract: a ``keras.Model`` mapping normalised images ``[B, H, W, 3]`` to one
 feature map ``[B, ceil(H/s), ceil(W/s), C]`` with a static channel count ``C``. Its stride ``s``
-comes from ``config.feature_stride`` or, if that is None, from the model's
-``feature_stride`` attribute. Its input is normalised per ``config.input_normalization``
+comes from ``config.backbone_options.feature_stride`` or, if that is None, from the model's
+``feature_stride`` attribute. Its input is normalised per ``config.input.normalization``
 (default ``"none"``: raw 0..255 RGB).
 """
 
 import os
 
 import keras
-import tensorflow as tf
 
 from mnc_tf.modeling.backbones.resnet import build_resnet
 from mnc_tf.modeling.backbones.tiny import build_tiny
@@ -23,37 +22,6 @@ _DEFAULT_NORMALIZATION = {
     "resnet101": "caffe",
     "tiny": "scale",
 }
-
-# keras.applications' "caffe" preprocessing: BGR order, ImageNet channel means subtracted.
-CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
-
-
-@keras.saving.register_keras_serializable(package="mnc_tf")
-class ImageNormalization(keras.layers.Layer):
-    """0..255 RGB ``[B, H, W, 3]`` → the backbone's input convention (float32).
-
-    Modes: ``"caffe"`` (RGB→BGR, minus :data:`CAFFE_BGR_MEANS`), ``"scale"``
-    (``x / 127.5 - 1``), ``"none"``.
-    """
-
-    def __init__(self, mode="caffe", **kwargs):
-        super().__init__(**kwargs)
-        if mode not in ("caffe", "scale", "none"):
-            raise ValueError(f"normalization mode must be 'caffe', 'scale' or 'none', got {mode!r}")
-        self.mode = mode
-
-    def call(self, images):
-        images = tf.cast(images, tf.float32)
-        if self.mode == "caffe":
-            return images[..., ::-1] - tf.constant(CAFFE_BGR_MEANS, tf.float32)
-        if self.mode == "scale":
-            return images / 127.5 - 1.0
-        return images
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(mode=self.mode)
-        return config
 
 
 def build_backbone(backbone, config):
@@ -68,13 +36,14 @@ def build_backbone(backbone, config):
     ``head_init`` is None or, for VGG-16 with ImageNet weights that include the classifier,
     ``{"fc1": (kernel, bias), "fc2": (kernel, bias)}`` for the class stage's fc6/fc7.
     """
-    weights = config.backbone_weights
+    weights = config.backbone_options.weights
     if isinstance(backbone, keras.Model):
-        stride = config.feature_stride or getattr(backbone, "feature_stride", None)
+        stride = config.backbone_options.feature_stride or getattr(backbone, "feature_stride", None)
         if not stride:
             raise ValueError(
-                "backbone: a user keras.Model needs its stride, via MNCConfig.feature_stride "
-                "or a `feature_stride` attribute on the model"
+                "backbone: a user keras.Model needs its stride, via "
+                "MNCConfig.backbone_options.feature_stride or a `feature_stride` attribute on "
+                "the model"
             )
         channels = backbone.output_shape[-1] if hasattr(backbone, "output_shape") else None
         if not isinstance(channels, int):
@@ -82,7 +51,7 @@ def build_backbone(backbone, config):
                 f"backbone: a user keras.Model must output [B, h, w, C] with a static C, "
                 f"got output shape {getattr(backbone, 'output_shape', None)}"
             )
-        return backbone, int(stride), config.input_normalization or "none", None
+        return backbone, int(stride), config.input.normalization or "none", None
     if not isinstance(backbone, str) or backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES} or a keras.Model, got {backbone!r}")
     if weights == "imagenet":
@@ -93,23 +62,26 @@ def build_backbone(backbone, config):
             )
     elif weights is not None and not os.path.exists(weights):
         raise FileNotFoundError(f"backbone_weights file not found: {weights!r}")
-    norm = config.input_normalization or _DEFAULT_NORMALIZATION[backbone]
+    norm = config.input.normalization or _DEFAULT_NORMALIZATION[backbone]
     if backbone == "tiny":
-        stride = config.feature_stride or 16
+        stride = config.backbone_options.feature_stride or 16
         model = build_tiny(
-            stride, config.tiny_filters, config.tiny_convs_per_stage, config.tiny_out_channels
+            stride,
+            config.backbone_options.tiny_filters,
+            config.backbone_options.tiny_convs_per_stage,
+            config.backbone_options.tiny_out_channels,
         )
         if weights is not None:
             model.load_weights(weights)
         return model, stride, norm, None
-    if config.feature_stride not in (None, 16):
+    if config.backbone_options.feature_stride not in (None, 16):
         raise ValueError(
             f"feature_stride for backbone {backbone!r} must be 16 (or None), "
-            f"got {config.feature_stride!r}"
+            f"got {config.backbone_options.feature_stride!r}"
         )
     head_init = None
     if backbone == "vgg16":
-        model, head_init = build_vgg16(weights, config.freeze_early_layers)
+        model, head_init = build_vgg16(weights, config.backbone_options.freeze_early_layers)
     else:
-        model = build_resnet(backbone, weights, config.freeze_early_layers)
+        model = build_resnet(backbone, weights, config.backbone_options.freeze_early_layers)
     return model, 16, norm, head_init

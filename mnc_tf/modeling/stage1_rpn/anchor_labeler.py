@@ -27,16 +27,16 @@ def label_anchors(anchors, gt_boxes, gt_valid, image_size, keys, config, return_
       with ``return_inside``, also bool ``[B, A]`` (the anchors that can be labelled).
     """
     max_iou, matched, iou = matching.match_to_gt(anchors, gt_boxes, gt_valid)
-    inside = anchors_inside(anchors, image_size, config.rpn_allowed_border, tf.shape(max_iou))
+    inside = anchors_inside(anchors, image_size, config.rpn.allowed_border, tf.shape(max_iou))
     # Best anchor(s) of every GT, among usable anchors, count as positive even below 0.7.
     iou_inside = tf.where(inside[:, :, None], iou, -1.0)
     gt_best = tf.reduce_max(iou_inside, axis=1, keepdims=True)  # [B, 1, N]
     is_best = tf.reduce_any((iou_inside == gt_best) & (gt_best > 0.0), axis=2)  # [B, A]
-    positive = inside & ((max_iou >= config.rpn_positive_iou) | is_best)
-    negative = inside & (max_iou < config.rpn_negative_iou) & ~positive
+    positive = inside & ((max_iou >= config.rpn.positive_iou) | is_best)
+    negative = inside & (max_iou < config.rpn.negative_iou) & ~positive
 
-    total = int(config.rpn_batch_size_per_image)
-    max_pos = max(1, int(total * config.rpn_positive_fraction))
+    total = int(config.rpn.batch_size_per_image)
+    max_pos = max(1, int(total * config.rpn.positive_fraction))
     pos_sel = sampling.select_random(
         positive, tf.fill(tf.shape(max_iou)[:1], max_pos), keys, max_pos
     )
