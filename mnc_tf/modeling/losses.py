@@ -11,15 +11,15 @@ TERMS = ("rpn_cls", "rpn_box", "mask", "cls", "det_cls", "box")
 
 
 def loss_weights(config):
-    """Weight of every loss term (:data:`TERMS`), the one place that reads them from the
-    config."""
+    """Weight of every loss term (:data:`TERMS`) from the model's
+    :class:`~mnc_tf.config.LossWeights` (``config.loss_weights``)."""
     return {
-        "rpn_cls": float(config.loss_weights.rpn_cls),
-        "rpn_box": float(config.loss_weights.rpn_box),
-        "mask": float(config.loss_weights.mask),
-        "cls": float(config.loss_weights.cls),
-        "det_cls": float(config.loss_weights.det_cls),
-        "box": float(config.loss_weights.box),
+        "rpn_cls": float(config.rpn_cls),
+        "rpn_box": float(config.rpn_box),
+        "mask": float(config.mask),
+        "cls": float(config.cls),
+        "det_cls": float(config.det_cls),
+        "box": float(config.box),
     }
 
 

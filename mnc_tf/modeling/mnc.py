@@ -134,7 +134,7 @@ class MNC(keras.Model):
             [("rpn_cls_loss", "rpn_cls"), ("rpn_box_loss", "rpn_box")]
             + loss_terms(self.stages, config.heads.det_classifier)
         )
-        self._loss_weights = loss_lib.loss_weights(config)
+        self._loss_weights = loss_lib.loss_weights(config.loss_weights)
         self.loss_names = [name for name, _ in self._loss_terms]
         self.loss_trackers = [keras.metrics.Mean(name=n) for n in self.loss_names]
         self.build()
@@ -175,7 +175,7 @@ class MNC(keras.Model):
         boxes, masks, probs, valid = self.cascade.infer(
             features, image_size, proposals, valid, training=training
         )
-        return postprocess.detect(boxes, masks, probs, valid, self.config)
+        return postprocess.detect(boxes, masks, probs, valid, self.config.postprocess)
 
     def compute_losses(self, x, y, training=True, loss_scale=1.0):
         """All loss terms for a batch.
@@ -202,7 +202,7 @@ class MNC(keras.Model):
         # Stage 1 targets and losses.
         anchor_keys = sampling.uniform(seeds, tf.shape(anchors)[0], sampling.SALT_ANCHORS)
         labels, matched_boxes, inside = label_anchors(
-            anchors, gt["boxes"], gt["valid"], image_size, anchor_keys, cfg, return_inside=True
+            anchors, gt["boxes"], gt["valid"], image_size, anchor_keys, cfg.rpn, return_inside=True
         )
         # Proposals (differentiable w.r.t. the RPN deltas) → RoI sample → stages 2..n.
         # d(differentiated loss)/d(one image's loss): batch mean, replicas, loss scale.
@@ -216,7 +216,7 @@ class MNC(keras.Model):
             seeds, tf.shape(proposals)[1] + tf.shape(gt["boxes"])[1], sampling.SALT_ROIS
         )
         sample = sample_rois(
-            proposals, valid, gt["boxes"], gt["labels"], gt["valid"], roi_keys, cfg
+            proposals, valid, gt["boxes"], gt["labels"], gt["valid"], roi_keys, cfg.roi_sampling
         )
         if cfg.rpn.mix_index:
             # Anchors behind the sampled RoIs join the RPN losses (released MIX_INDEX).
@@ -294,7 +294,7 @@ class MNC(keras.Model):
                 stacklevel=2,
             )
         if optimizer is None:
-            optimizer = build_optimizer(self.config)
+            optimizer = build_optimizer(self.config.optimizer)
         super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
 
     def compile_from_config(self, config):

@@ -129,28 +129,27 @@ def _handle(variable):
 
 def build_optimizer(config):
     """:class:`CaffeSGD` (the paper's solver: momentum, L2 weight decay in the gradient),
-    Adam or AdamW (decoupled decay) per ``config.optimizer.name``, on a :class:`StepWithWarmup`
-    schedule. As the released prototxt (``lr_mult: 2`` on biases, no ``decay_mult`` so 1):
-    biases learn at ``bias_lr_mult`` × the rate (SGD only) and are decayed unless
-    ``bias_weight_decay`` is False.
+    Adam or AdamW (decoupled decay) per ``config.name`` (``config``: the model's
+    :class:`~mnc_tf.config.OptimizerConfig`, ``model.config.optimizer``), on a
+    :class:`StepWithWarmup` schedule. As the released prototxt (``lr_mult: 2`` on biases,
+    no ``decay_mult`` so 1): biases learn at ``bias_lr_mult`` × the rate (SGD only) and are
+    decayed unless ``bias_weight_decay`` is False.
     """
     schedule = StepWithWarmup(
-        config.optimizer.learning_rate,
-        config.optimizer.total_steps,
-        config.optimizer.lr_drop_fraction,
-        config.optimizer.lr_drop_factor,
-        config.optimizer.warmup_steps,
+        config.learning_rate,
+        config.total_steps,
+        config.lr_drop_fraction,
+        config.lr_drop_factor,
+        config.warmup_steps,
     )
-    wd = config.optimizer.weight_decay or None
-    common = dict(learning_rate=schedule, weight_decay=wd, clipnorm=config.optimizer.clipnorm)
-    if config.optimizer.name == "sgd":
-        opt = CaffeSGD(
-            momentum=config.optimizer.momentum, bias_lr_mult=config.optimizer.bias_lr_mult, **common
-        )
-    elif config.optimizer.name == "adam":
+    wd = config.weight_decay or None
+    common = dict(learning_rate=schedule, weight_decay=wd, clipnorm=config.clipnorm)
+    if config.name == "sgd":
+        opt = CaffeSGD(momentum=config.momentum, bias_lr_mult=config.bias_lr_mult, **common)
+    elif config.name == "adam":
         opt = keras.optimizers.Adam(**common)
     else:
-        opt = keras.optimizers.AdamW(**{**common, "weight_decay": config.optimizer.weight_decay})
-    if wd and not config.optimizer.bias_weight_decay:
+        opt = keras.optimizers.AdamW(**{**common, "weight_decay": config.weight_decay})
+    if wd and not config.bias_weight_decay:
         opt.exclude_from_weight_decay(var_names=["bias"])
     return opt

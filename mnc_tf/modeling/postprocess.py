@@ -26,7 +26,7 @@ def detect(boxes, mask_probs, class_probs, valid, config):
       mask_probs: float32 ``[B, J, m, m]`` soft masks in those boxes.
       class_probs: float32 ``[B, J, N+1]`` softmax (column 0 = background).
       valid: bool ``[B, J]``.
-      config: :class:`mnc_tf.MNCConfig`.
+      config: the model's :class:`mnc_tf.config.PostprocessConfig` (``config.postprocess``).
 
     Returns:
       dict ``boxes [B, K, 4], scores [B, K], classes [B, K] int32 (1..N, padding 0),
@@ -38,11 +38,11 @@ def detect(boxes, mask_probs, class_probs, valid, config):
     num_classes = class_probs.shape[-1] - 1
     batch = tf.shape(boxes)[0]
     num_inst = tf.shape(boxes)[1]
-    k_out = int(config.postprocess.max_detections)
+    k_out = int(config.max_detections)
 
     scores = class_probs[:, :, 1:] * tf.cast(valid, tf.float32)[..., None]  # [B, J, N]
     flat = tf.reshape(scores, tf.stack([batch, num_inst * num_classes]))
-    k_pre = tf.minimum(num_inst * num_classes, int(config.postprocess.pre_nms_topk))
+    k_pre = tf.minimum(num_inst * num_classes, int(config.pre_nms_topk))
     cand_scores, cand = tf.math.top_k(flat, k=k_pre, sorted=True)
     cand_inst = cand // num_classes
     cand_cls = cand % num_classes + 1
@@ -52,8 +52,8 @@ def detect(boxes, mask_probs, class_probs, valid, config):
         cand_boxes + offset[..., None],
         cand_scores,
         k_out,
-        config.postprocess.nms_iou,
-        score_threshold=float(config.postprocess.score_threshold),
+        config.nms_iou,
+        score_threshold=float(config.score_threshold),
     )
     det_inst = tf.gather(cand_inst, keep, batch_dims=1)  # [B, K]
     det_cls = tf.gather(cand_cls, keep, batch_dims=1)
@@ -61,7 +61,7 @@ def detect(boxes, mask_probs, class_probs, valid, config):
     det_boxes = tf.gather(boxes, det_inst, batch_dims=1)
     own_masks = tf.gather(mask_probs, det_inst, batch_dims=1)  # [B, K, m, m]
 
-    if config.postprocess.mask_voting:
+    if config.mask_voting:
         det_masks, det_boxes = vote_masks(
             det_boxes, det_cls, own_masks, boxes, mask_probs, class_probs, valid, config
         )
@@ -93,9 +93,9 @@ def vote_masks(det_boxes, det_classes, own_masks, boxes, mask_probs, class_probs
     iou = box_ops.iou(det_boxes, boxes)  # [B, K, J]
     # Probability of each kept detection's class for every instance: [B, J, K] → [B, K, J].
     cls_scores = tf.transpose(tf.gather(class_probs, det_classes, axis=2, batch_dims=1), [0, 2, 1])
-    usable = (iou >= config.postprocess.mask_voting_iou) & valid[:, None, :]
+    usable = (iou >= config.mask_voting_iou) & valid[:, None, :]
     weights = tf.where(usable, cls_scores, 0.0)
-    t = tf.minimum(int(config.postprocess.mask_voting_max_candidates), tf.shape(boxes)[1])
+    t = tf.minimum(int(config.mask_voting_max_candidates), tf.shape(boxes)[1])
     top_w, top_j = tf.math.top_k(weights, k=t, sorted=False)  # [B, K, T]
     src_boxes = tf.gather(boxes, top_j, batch_dims=1)  # [B, K, T, 4]
     # Index the flat [B·J, m, m] pool instead of gathering [B, K, T, m, m] copies.
@@ -114,7 +114,7 @@ def vote_masks(det_boxes, det_classes, own_masks, boxes, mask_probs, class_probs
         summed = tf.reduce_sum(top_w[..., None, None] * resampled, axis=2)
         return summed / tf.maximum(total, 1e-12)[..., None, None]
 
-    if not config.postprocess.mask_voting_rebox:
+    if not config.mask_voting_rebox:
         voted = average(det_boxes, m)
         return tf.where(has_votes[..., None, None], voted, own_masks), det_boxes
 
@@ -130,7 +130,7 @@ def vote_masks(det_boxes, det_classes, own_masks, boxes, mask_probs, class_probs
     )
     g = 2 * m
     voted = average(frame, g)  # [B, K, g, g]
-    on = voted > config.postprocess.mask_threshold
+    on = voted > config.mask_threshold
     rows = tf.reduce_any(on, axis=3)  # [B, K, g]
     cols = tf.reduce_any(on, axis=2)
     found = tf.reduce_any(rows, axis=2) & has_votes

@@ -51,7 +51,7 @@ def test_loss_weights_read_each_config_field():
         det_cls_loss_weight=0.75,
         box_loss_weight=2.5,
     )
-    assert losses.loss_weights(cfg) == {
+    assert losses.loss_weights(cfg.loss_weights) == {
         "rpn_cls": 0.5,
         "rpn_box": 0.25,
         "mask": 3.0,
@@ -59,9 +59,11 @@ def test_loss_weights_read_each_config_field():
         "det_cls": 0.75,
         "box": 2.5,
     }
-    assert set(losses.loss_weights(cfg)) == set(losses.TERMS)
+    assert set(losses.loss_weights(cfg.loss_weights)) == set(losses.TERMS)
     values = {"a": tf.constant(2.0), "b": tf.constant(3.0)}
-    total = losses.weighted_sum(values, [("a", "mask"), ("b", "box")], losses.loss_weights(cfg))
+    total = losses.weighted_sum(
+        values, [("a", "mask"), ("b", "box")], losses.loss_weights(cfg.loss_weights)
+    )
     assert float(total) == 3.0 * 2.0 + 2.5 * 3.0
 
 

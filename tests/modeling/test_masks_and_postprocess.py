@@ -123,7 +123,7 @@ def test_detect_per_class_nms_and_mask_voting_match_numpy():
     cfg = MNCConfig(
         max_detections=8, detection_score_threshold=0.05, mask_size=m, mask_voting_rebox=False
     )
-    out = detect(boxes[None], masks[None], probs[None], valid[None], cfg)
+    out = detect(boxes[None], masks[None], probs[None], valid[None], cfg.postprocess)
     cands, ref_masks = np_detect(boxes, masks, probs, valid, cfg)
     k = int(out["num_detections"][0])
     assert k == len(cands) == 8
@@ -135,7 +135,11 @@ def test_detect_per_class_nms_and_mask_voting_match_numpy():
     assert not np.allclose(out["masks"][0, :k], masks[[c[1] for c in cands]], atol=1e-3)
 
     no_vote = detect(
-        boxes[None], masks[None], probs[None], valid[None], cfg.replace(mask_voting=False)
+        boxes[None],
+        masks[None],
+        probs[None],
+        valid[None],
+        cfg.replace(mask_voting=False).postprocess,
     )
     np.testing.assert_allclose(no_vote["masks"][0, :k], masks[[c[1] for c in cands]])
 
@@ -148,7 +152,7 @@ def test_detect_pads_empty_results():
         tf.ones([1, 6, 4, 4]),
         probs[None],
         tf.ones([1, 6], tf.bool),
-        cfg,
+        cfg.postprocess,
     )
     assert int(out["num_detections"][0]) == 0
     assert out["boxes"].shape == (1, 5, 4) and out["masks"].shape == (1, 5, 4, 4)

@@ -164,7 +164,7 @@ def _sampling_case(ious, batch, seed):
         np.ones((batch, 1), np.int32),
         np.ones((batch, 1), bool),
         keys,
-        cfg,
+        cfg.roi_sampling,
     )
     return {k: v.numpy() for k, v in out.items()}
 
@@ -319,7 +319,7 @@ def test_mask_voting_reboxes_like_released_gpu_voting():
         masks[None],
         probs[None],
         np.ones((1, 12), bool),
-        cfg,
+        cfg.postprocess,
     )
     tight = tight.numpy()[0]
     for k in range(len(kept)):
@@ -340,7 +340,7 @@ def test_mask_voting_is_not_cut_at_the_kept_box():
     cfg = MNCConfig(mask_size=8)
     args = (boxes[:1][None], np.array([[1]], np.int32), masks[:1][None], boxes[None])
     rest = (masks[None], probs[None], np.ones((1, 2), bool))
-    voted, new_box = vote_masks(*args, *rest, cfg)
+    voted, new_box = vote_masks(*args, *rest, cfg.postprocess)
     np.testing.assert_allclose(new_box[0, 0], [10, 10, 30, 34], atol=1e-4)
     pasted = paste_masks(voted[0], new_box[0], (40, 40), 0.4).numpy()[0]
     assert pasted[10:30, 10:34].all() and pasted.sum() == 20 * 24
@@ -356,5 +356,5 @@ def test_mask_voting_is_not_cut_at_the_kept_box():
     )
     np.testing.assert_array_equal(tight_ref[0], [10, 10, 33, 29])
     # Without re-boxing the voted mask is cut at the kept box.
-    voted_old, box_old = vote_masks(*args, *rest, cfg.replace(mask_voting_rebox=False))
+    voted_old, box_old = vote_masks(*args, *rest, cfg.replace(mask_voting_rebox=False).postprocess)
     np.testing.assert_array_equal(box_old[0, 0], boxes[0])

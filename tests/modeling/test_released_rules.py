@@ -163,9 +163,9 @@ def test_caffe_sgd_bias_lr_mult_and_decay():
 
 def test_build_optimizer_decays_biases_unless_told_not_to():
     bias = keras.Variable(np.ones(2, np.float32), name="bias")
-    opt = build_optimizer(MNCConfig())
+    opt = build_optimizer(MNCConfig().optimizer)
     assert opt.bias_lr_mult == 2.0 and opt._use_weight_decay(bias)
-    opt = build_optimizer(MNCConfig(bias_weight_decay=False, bias_lr_mult=1.0))
+    opt = build_optimizer(MNCConfig(bias_weight_decay=False, bias_lr_mult=1.0).optimizer)
     assert opt.bias_lr_mult == 1.0 and not opt._use_weight_decay(bias)
 
 

@@ -36,7 +36,7 @@ def test_label_anchors_thresholds_and_balance():
     gt = np.array([[[10, 10, 30, 34], [40, 8, 62, 24], [-1, -1, -1, -1]]], np.float32)
     gt_valid = np.array([[True, True, False]])
     keys = tf.random.stateless_uniform([1, len(anchors)], seed=[1, 2])
-    labels, matched = label_anchors(anchors, gt, gt_valid, np.array([[64.0, 64.0]]), keys, cfg)
+    labels, matched = label_anchors(anchors, gt, gt_valid, np.array([[64.0, 64.0]]), keys, cfg.rpn)
     labels = labels.numpy()[0]
     iou = np_iou(anchors, gt[0, :2])
     max_iou = iou.max(1)
@@ -56,7 +56,7 @@ def test_label_anchors_ignores_cross_border_and_empty_images():
     gt = -np.ones((1, 2, 4), np.float32)
     keys = tf.random.stateless_uniform([1, len(anchors)], seed=[3, 4])
     labels, _ = label_anchors(
-        anchors, gt, np.zeros((1, 2), bool), np.array([[32.0, 32.0]]), keys, cfg
+        anchors, gt, np.zeros((1, 2), bool), np.array([[32.0, 32.0]]), keys, cfg.rpn
     )
     labels = labels.numpy()[0]
     outside = (
@@ -91,7 +91,7 @@ def test_sample_rois_fractions_and_labels():
         np.array([[2, 3, -1]]),
         np.array([[True, True, False]]),
         keys,
-        cfg,
+        cfg.roi_sampling,
     )
     rois, valid, fg = out["rois"].numpy()[0], out["valid"].numpy()[0], out["fg"].numpy()[0]
     assert rois.shape == (64, 4) and valid.all()
@@ -122,7 +122,7 @@ def test_sample_rois_includes_gt_and_pads():
         np.array([[1, -1]]),
         np.array([[True, False]]),
         keys,
-        cfg,
+        cfg.roi_sampling,
     )
     # Candidates: 1 valid proposal (bg) + 1 GT (fg): the rest are invalid padding rows.
     assert out["valid"].numpy().sum() == 2

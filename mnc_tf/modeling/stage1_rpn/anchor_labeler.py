@@ -20,23 +20,23 @@ def label_anchors(anchors, gt_boxes, gt_valid, image_size, keys, config, return_
       gt_boxes: float32 ``[B, N, 4]``; gt_valid: bool ``[B, N]``.
       image_size: float32 ``[B, 2]`` valid ``(h, w)``.
       keys: float32 ``[B, A]`` uniform randomness (see :mod:`mnc_tf.modeling.sampling`).
-      config: :class:`mnc_tf.MNCConfig`.
+      config: :class:`mnc_tf.config.RPNConfig` (the model's ``config.rpn``).
 
     Returns:
       ``(labels [B, A] int32 (1 positive, 0 negative, -1 ignored), matched_boxes [B, A, 4])``;
       with ``return_inside``, also bool ``[B, A]`` (the anchors that can be labelled).
     """
     max_iou, matched, iou = matching.match_to_gt(anchors, gt_boxes, gt_valid)
-    inside = anchors_inside(anchors, image_size, config.rpn.allowed_border, tf.shape(max_iou))
+    inside = anchors_inside(anchors, image_size, config.allowed_border, tf.shape(max_iou))
     # Best anchor(s) of every GT, among usable anchors, count as positive even below 0.7.
     iou_inside = tf.where(inside[:, :, None], iou, -1.0)
     gt_best = tf.reduce_max(iou_inside, axis=1, keepdims=True)  # [B, 1, N]
     is_best = tf.reduce_any((iou_inside == gt_best) & (gt_best > 0.0), axis=2)  # [B, A]
-    positive = inside & ((max_iou >= config.rpn.positive_iou) | is_best)
-    negative = inside & (max_iou < config.rpn.negative_iou) & ~positive
+    positive = inside & ((max_iou >= config.positive_iou) | is_best)
+    negative = inside & (max_iou < config.negative_iou) & ~positive
 
-    total = int(config.rpn.batch_size_per_image)
-    max_pos = max(1, int(total * config.rpn.positive_fraction))
+    total = int(config.batch_size_per_image)
+    max_pos = max(1, int(total * config.positive_fraction))
     pos_sel = sampling.select_random(
         positive, tf.fill(tf.shape(max_iou)[:1], max_pos), keys, max_pos
     )

@@ -23,7 +23,7 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, keys, 
       proposals: float32 ``[B, P, 4]``; proposal_valid: bool ``[B, P]``.
       gt_boxes: float32 ``[B, N, 4]``; gt_labels: int32 ``[B, N]``; gt_valid: bool ``[B, N]``.
       keys: float32 ``[B, P + N]`` uniform randomness.
-      config: :class:`mnc_tf.MNCConfig`.
+      config: :class:`mnc_tf.config.ROISamplingConfig` (the model's ``config.roi_sampling``).
 
     Returns:
       dict of ``[B, R]`` tensors plus ``rois [B, R, 4]``: ``valid`` (a real sample),
@@ -32,32 +32,26 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, keys, 
       proposal, ``P + n`` for GT box ``n``).
     """
     gt_boxes = tf.cast(gt_boxes, tf.float32)
-    if config.roi_sampling.add_gt_as_proposals:
+    if config.add_gt_as_proposals:
         candidates = tf.concat([proposals, gt_boxes], axis=1)
         cand_valid = tf.concat([proposal_valid, gt_valid], axis=1)
     else:
         candidates, cand_valid = proposals, proposal_valid
         keys = keys[:, : tf.shape(proposals)[1]]
-    cand = matching.label_rois(
-        candidates, cand_valid, gt_boxes, gt_labels, gt_valid, config.roi_sampling.fg_iou
-    )
+    cand = matching.label_rois(candidates, cand_valid, gt_boxes, gt_labels, gt_valid, config.fg_iou)
     max_iou, fg = cand["max_iou"], cand["fg"]
-    bg_main = (
-        cand_valid
-        & (max_iou < config.roi_sampling.bg_iou_high)
-        & (max_iou >= config.roi_sampling.bg_iou_low)
-    )
-    bg_fill = cand_valid & (max_iou < config.roi_sampling.bg_iou_low)
+    bg_main = cand_valid & (max_iou < config.bg_iou_high) & (max_iou >= config.bg_iou_low)
+    bg_fill = cand_valid & (max_iou < config.bg_iou_low)
 
-    total = int(config.roi_sampling.batch_size_per_image)
-    max_fg = max(1, int(round(total * config.roi_sampling.fg_fraction)))
+    total = int(config.batch_size_per_image)
+    max_fg = max(1, int(round(total * config.fg_fraction)))
     batch = tf.shape(max_iou)[0]
     fg_sel = sampling.select_random(fg, tf.fill([batch], max_fg), keys, max_fg)
-    if config.roi_sampling.bg_split is not None:
+    if config.bg_split is not None:
         # Released split: fixed, rounded shares of the background slots (numpy and tf.round
         # both round half to even), each capped by the candidates in its IoU range.
         slots = tf.cast(total - sampling.count(fg_sel), tf.float64)
-        share_main, share_fill = (float(f) for f in config.roi_sampling.bg_split)
+        share_main, share_fill = (float(f) for f in config.bg_split)
         n_main = tf.cast(tf.round(slots * share_main), tf.int32)
         n_fill = tf.cast(tf.round(slots * share_fill), tf.int32)
         bg_main = sampling.select_random(bg_main & ~fg, n_main, keys, total)
