@@ -34,10 +34,13 @@ from mnc_tf.config.base import ConfigNode
 
 NORMALIZATIONS = (None, "caffe", "scale", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+# The RoI warp op's largest max-pool window (custom_ops/roi_warp/roi_warp_math.h).
+MAX_POOL_WINDOW = 16
 
 
 def check_crop_pool_sizes(crop_size, pooled_size, class_pool_size=None, where="heads"):
-    """The one check of the RoI feature sizes: pooled divides crop, class pool divides pooled.
+    """The one check of the RoI feature sizes: pooled divides crop (window ≤ 16), class pool
+    divides pooled.
 
     Raises ``ValueError`` naming the offending size (``where`` prefixes the names).
     """
@@ -48,6 +51,11 @@ def check_crop_pool_sizes(crop_size, pooled_size, class_pool_size=None, where="h
         raise ValueError(
             f"{where}.roi_pooled_size must be a divisor of roi_crop_size ({crop_size}), "
             f"got {pooled_size!r}"
+        )
+    if crop_size // pooled_size > MAX_POOL_WINDOW:
+        raise ValueError(
+            f"{where}.roi_crop_size / roi_pooled_size must be <= {MAX_POOL_WINDOW} (the RoI warp "
+            f"op's max-pool window), got {crop_size} / {pooled_size}"
         )
     if class_pool_size is not None and (class_pool_size < 1 or pooled_size % class_pool_size):
         raise ValueError(

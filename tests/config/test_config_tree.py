@@ -104,6 +104,7 @@ def test_crop_pool_check_is_the_one_rule():
         ((28, 5, None), "roi_pooled_size"),
         ((28, 14, 5), "class_pool_size"),
         ((0, 14, None), "roi_crop_size"),
+        ((34, 2, None), r"must be <= 16"),  # the op's window limit, caught at config time
     ]:
         with pytest.raises(ValueError, match=fragment):
             check_crop_pool_sizes(*args)
