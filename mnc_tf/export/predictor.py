@@ -135,9 +135,14 @@ class ExportedModel:
     stock-op graph the serving signatures use).
 
     Attributes:
-      config: ``short_side``, ``max_side``, ``mask_size``, ``mask_binarize_threshold``,
-        ``predict_score_threshold`` and ``num_classes`` as recorded in
-        ``assets/export_info.json`` (``None`` where an export does not record one).
+      preprocessing: ``short_side`` / ``max_side``, the resize the export was made with (as
+        ``model.preprocessing`` of an MNC model).
+      config: what ``assets/export_info.json`` records, laid out as an MNC model's config:
+        ``input.short_side`` / ``input.max_side``, ``heads.mask_size``,
+        ``postprocess.mask_threshold`` / ``postprocess.predict_score_threshold``, with the
+        flat names ``short_side``, ``max_side``, ``mask_size``, ``mask_binarize_threshold``,
+        ``predict_score_threshold`` and ``num_classes`` beside them (``None`` where an
+        export does not record one).
       class_names, category_ids, num_classes: the label map (``[label - 1]``).
       source: the version directory.
     """
@@ -149,12 +154,20 @@ class ExportedModel:
         self.class_names = list(info.get("class_names") or [])
         self.category_ids = list(info.get("category_ids") or [])
         self.num_classes = len(self.class_names) or len(self.category_ids) or None
+        short_side, max_side = info.get("short_side"), info.get("max_side")
+        mask_threshold, score_threshold = info.get("mask_threshold"), info.get("score_threshold")
+        self.preprocessing = types.SimpleNamespace(short_side=short_side, max_side=max_side)
         self.config = types.SimpleNamespace(
-            short_side=info.get("short_side"),
-            max_side=info.get("max_side"),
+            input=types.SimpleNamespace(short_side=short_side, max_side=max_side),
+            heads=types.SimpleNamespace(mask_size=info.get("mask_size")),
+            postprocess=types.SimpleNamespace(
+                mask_threshold=mask_threshold, predict_score_threshold=score_threshold
+            ),
+            short_side=short_side,
+            max_side=max_side,
             mask_size=info.get("mask_size"),
-            mask_binarize_threshold=info.get("mask_threshold"),
-            predict_score_threshold=info.get("score_threshold"),
+            mask_binarize_threshold=mask_threshold,
+            predict_score_threshold=score_threshold,
             num_classes=self.num_classes,
         )
 
