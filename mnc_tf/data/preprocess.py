@@ -24,82 +24,13 @@ import tensorflow as tf
 
 from mnc_tf.core import box_ops
 
-
-def scaled_size(height, width, short_side, max_side, max_size=None):
-    """Size after resizing the shorter side to ``short_side`` with the longer ≤ ``max_side``.
-
-    Args:
-      height, width: original size (int or scalar tensors).
-      short_side, max_side: target sides (python or scalar tensors; may be jittered floats).
-      max_size: optional ``(H_max, W_max)``: the scale is further reduced so the result fits
-        (the pipeline passes its padded size, so a jittered image always fits the pad).
-
-    Returns:
-      ``(new_h, new_w)`` int32 scalars, ``round(h · s)``, ``round(w · s)``, each ≥ 1.
-    """
-    h = tf.cast(height, tf.float32)
-    w = tf.cast(width, tf.float32)
-    short_side = tf.cast(short_side, tf.float32)
-    max_side = tf.cast(max_side, tf.float32)
-    scale = tf.minimum(short_side / tf.minimum(h, w), max_side / tf.maximum(h, w))
-    if max_size is not None:
-        cap_h = tf.cast(max_size[0], tf.float32)
-        cap_w = tf.cast(max_size[1], tf.float32)
-        scale = tf.minimum(scale, tf.minimum(cap_h / h, cap_w / w))
-    new_h = tf.maximum(tf.round(h * scale), 1.0)
-    new_w = tf.maximum(tf.round(w * scale), 1.0)
-    if max_size is not None:
-        # Rounding can overshoot the cap by one pixel.
-        new_h = tf.minimum(new_h, cap_h)
-        new_w = tf.minimum(new_w, cap_w)
-    return tf.cast(new_h, tf.int32), tf.cast(new_w, tf.int32)
-
-
-def image_info(original_size, resized_size):
-    """``[4, 2]`` float32 image_info from ``(h, w)`` before and after resizing."""
-    orig = tf.cast(tf.stack(original_size), tf.float32)
-    new = tf.cast(tf.stack(resized_size), tf.float32)
-    return tf.stack([orig, new, new / orig, tf.zeros([2], tf.float32)])
-
-
-def _to_rgb(image, arg_name="image"):
-    """Static-shape check and 1/4-channel → 3-channel conversion."""
-    image = tf.convert_to_tensor(image)
-    if image.shape.rank is not None and image.shape.rank != 3:
-        raise ValueError(
-            f"{arg_name} must be [H, W, C] (one image), got shape {image.shape.as_list()}"
-        )
-    channels = image.shape[-1]
-    if channels == 1:
-        image = tf.tile(image, [1, 1, 3])
-    elif channels == 4:
-        image = image[..., :3]  # drop alpha
-    elif channels is not None and channels != 3:
-        raise ValueError(f"{arg_name} must have 1, 3 or 4 channels, got {channels}")
-    return image
-
-
-def resize_image(image, short_side=600, max_side=1000, max_size=None):
-    """Resize one image the MNC way (shorter side → ``short_side``, longer ≤ ``max_side``).
-
-    Bilinear (half-pixel centres, no antialiasing, as TF Model Garden), no normalisation.
-    Used by the input pipeline and by the SavedModel export so training and serving see the
-    same pixels.
-
-    Args:
-      image: uint8 or float ``[H, W, C]`` RGB 0..255; ``C`` = 1 (tiled) or 4 (alpha dropped)
-        is accepted too.
-      short_side, max_side: target sides.
-      max_size: optional ``(H_max, W_max)`` the result must fit in (see :func:`scaled_size`).
-
-    Returns:
-      ``(image, image_info)``: float32 ``[h, w, 3]`` and float32 ``[4, 2]``.
-    """
-    image = _to_rgb(image)
-    shape = tf.shape(image)
-    new_h, new_w = scaled_size(shape[0], shape[1], short_side, max_side, max_size)
-    resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]))
-    return resized, image_info((shape[0], shape[1]), (new_h, new_w))
+# The resize is the model's (mnc_tf.preprocessing, the Preprocessing layer's): one
+# implementation for the pipelines, the export, evaluation and prediction.
+from mnc_tf.preprocessing import (  # noqa: F401 - re-exported
+    image_info,
+    resize_image,
+    scaled_size,
+)
 
 
 def resize_masks(masks, size):
