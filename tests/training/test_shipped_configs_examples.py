@@ -30,23 +30,23 @@ EXAMPLES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "exa
 # anchors inside them.
 SHRINK = {
     "shapes_tiny_mnc5.yaml": [
-        "model.total_steps=2",
+        "model.optimizer.total_steps=2",
         "train.steps_per_epoch=2",
         "data.shapes.num_train_images=6",
         "data.shapes.num_val_images=2",
         "data.shapes.image_size=64",
-        "model.short_side=64",
-        "model.max_side=64",
+        "model.input.short_side=64",
+        "model.input.max_side=64",
     ],
     "paper": [
         "model.backbone=tiny",
-        "model.backbone_weights=null",  # shipped: imagenet (a download) for VGG-16 / ResNet-101
-        "model.short_side=64",
-        "model.max_side=64",
-        "model.anchor_base_size=2",
-        "model.fc_dim=64",
-        "model.mask_fc_dim=32",
-        "model.total_steps=2",
+        "model.backbone_options.weights=null",  # shipped: imagenet (a download) for VGG-16 / ResNet-101
+        "model.input.short_side=64",
+        "model.input.max_side=64",
+        "model.rpn.anchor_base_size=2",
+        "model.heads.fc_dim=64",
+        "model.heads.mask_fc_dim=32",
+        "model.optimizer.total_steps=2",
         "train.steps_per_epoch=2",
         "train.eval_every_epochs=1",  # one evaluation in the 2-step run (shipped: every 10)
     ],

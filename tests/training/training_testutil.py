@@ -51,13 +51,30 @@ TINY_MODEL = {
 }
 
 
+def model_section(flat):
+    """A flat model dict (``TINY_MODEL``'s names, which ``MNC(config=...)`` accepts) as the
+    experiment file's ``model:`` tree (``short_side`` → ``input.short_side``, ...)."""
+    from mnc_tf.config.model import LEGACY_KEYS
+
+    tree = {}
+    for key, value in flat.items():
+        *sections, leaf = LEGACY_KEYS.get(key, key).split(".")
+        node = tree
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = copy.deepcopy(value)
+    return tree
+
+
 def tiny_experiment(shapes_dir, **sections):
     """An experiment config dict: tiny model, 64 px shapes in ``shapes_dir``, short run.
 
-    ``sections`` (``model=...``, ``data=...``, ``train=...``) update the defaults.
+    ``sections`` (``model=...``, ``data=...``, ``train=...``) update the defaults; ``model``
+    takes flat names like ``TINY_MODEL`` (``{"total_steps": 4}``).
     """
+    model = sections.pop("model", {})
     cfg = {
-        "model": copy.deepcopy(TINY_MODEL),
+        "model": model_section({**TINY_MODEL, **model}),
         "data": {
             "format": "shapes",
             "shapes": {
