@@ -69,10 +69,9 @@ def build_model(config: ExperimentConfig, info):
     """
     from mnc_tf.modeling.mnc import MNC
 
-    model_section = dict(config.model)
-    num_classes = model_section.pop("num_classes", None)
-    backbone = model_section.pop("backbone", "vgg16")
-    num_stages = model_section.pop("num_stages", 5)
+    num_classes = config.model.num_classes
+    backbone = config.model.backbone
+    num_stages = config.model.num_stages
     if num_classes is not None and num_classes != info.num_classes:
         raise ValueError(
             f"model.num_classes is {num_classes} but the training data has {info.num_classes} "
@@ -98,7 +97,7 @@ def build_optimizer(model, learning_rate: float):
     """
     from mnc_tf.modeling.optim import build_optimizer as build_from_config
 
-    return build_from_config(model.config.replace(learning_rate=learning_rate))
+    return build_from_config(model.config.optimizer.replace(learning_rate=learning_rate))
 
 
 # ---------------------------------------------------------------------------------- callbacks
