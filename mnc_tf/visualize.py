@@ -7,8 +7,8 @@ NumPy + OpenCV only (no matplotlib), so it runs in notebooks, CLIs and serving c
     picture = visualize.draw_instances(
         images[0].astype("uint8"), out["boxes"][0][:n], out["masks"][0][:n],
         out["classes"][0][:n], out["scores"][0][:n], class_names=model.class_names,
-        score_threshold=model.config.predict_score_threshold,  # default 0.5
-        mask_threshold=model.config.mask_binarize_threshold)   # default 0.4
+        score_threshold=model.config.postprocess.predict_score_threshold,  # default 0.5
+        mask_threshold=model.config.postprocess.mask_threshold)   # default 0.4
     visualize.save_visualization("pred.png", picture)
 
 Conventions: images are RGB uint8 ``[H, W, 3]``; boxes ``[N, 4]`` float ``y1, x1, y2, x2`` in
@@ -18,7 +18,7 @@ with :func:`mnc_tf.core.masks.paste_masks`).
 
 Thresholds: these functions see arrays, not a model, so their defaults are those of a default
 :class:`mnc_tf.MNCConfig` (``mask_binarize_threshold``, ``predict_score_threshold``). Pass the
-model's — ``model.config.mask_binarize_threshold``, or a Predictor's ``mask_threshold`` /
+model's — ``model.config.postprocess.mask_threshold``, or a Predictor's ``mask_threshold`` /
 ``score_threshold`` — when drawing its detections.
 """
 
@@ -134,15 +134,15 @@ def draw_instances(
         equals the image's is always taken as full-image.
       classes: ``[N]`` int class ids (contiguous labels or dataset category ids).
       scores: ``[N]`` floats; instances below ``score_threshold`` are not drawn (default: a
-        default ``MNCConfig.predict_score_threshold``, 0.5; pass the model's
-        ``config.predict_score_threshold`` or a Predictor's ``score_threshold``, or 0 to draw
-        every detection).
+        default ``MNCConfig.postprocess.predict_score_threshold``, 0.5; pass the model's
+        ``config.postprocess.predict_score_threshold`` or a Predictor's ``score_threshold``,
+        or 0 to draw every detection).
       class_names: ``None`` (ids are printed), a mapping ``class id → name`` (use it for
         dataset category ids) or a sequence with ``class_names[label - 1]`` (contiguous
         labels, like ``model.class_names``).
       mask_threshold: binarisation of soft masks (default: a default
-        ``MNCConfig.mask_binarize_threshold``, 0.4 as in the released MNC code; pass the
-        model's ``config.mask_binarize_threshold`` or a Predictor's ``mask_threshold``).
+        ``MNCConfig.postprocess.mask_threshold``, 0.4 as in the released MNC code; pass the
+        model's ``config.postprocess.mask_threshold`` or a Predictor's ``mask_threshold``).
       alpha: mask opacity.
       colors: optional ``[N, 3]`` RGB uint8; default :func:`instance_colors`.
 

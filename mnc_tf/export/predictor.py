@@ -139,10 +139,8 @@ class ExportedModel:
         ``model.preprocessing`` of an MNC model).
       config: what ``assets/export_info.json`` records, laid out as an MNC model's config:
         ``input.short_side`` / ``input.max_side``, ``heads.mask_size``,
-        ``postprocess.mask_threshold`` / ``postprocess.predict_score_threshold``, with the
-        flat names ``short_side``, ``max_side``, ``mask_size``, ``mask_binarize_threshold``,
-        ``predict_score_threshold`` and ``num_classes`` beside them (``None`` where an
-        export does not record one).
+        ``postprocess.mask_threshold`` / ``postprocess.predict_score_threshold`` (``None``
+        where an export does not record one).
       class_names, category_ids, num_classes: the label map (``[label - 1]``).
       source: the version directory.
     """
@@ -163,12 +161,6 @@ class ExportedModel:
             postprocess=types.SimpleNamespace(
                 mask_threshold=mask_threshold, predict_score_threshold=score_threshold
             ),
-            short_side=short_side,
-            max_side=max_side,
-            mask_size=info.get("mask_size"),
-            mask_binarize_threshold=mask_threshold,
-            predict_score_threshold=score_threshold,
-            num_classes=self.num_classes,
         )
 
     def __call__(self, features, training=False):
@@ -189,8 +181,8 @@ def _config_defaults():
 
     config = MNCConfig()
     return {
-        "mask_threshold": config.mask_binarize_threshold,
-        "score_threshold": config.predict_score_threshold,
+        "mask_threshold": config.postprocess.mask_threshold,
+        "score_threshold": config.postprocess.predict_score_threshold,
     }
 
 
@@ -208,9 +200,9 @@ class Predictor:
     Attributes:
       labels: ``{category_id: class_name}``.
       mask_threshold: binarisation threshold for pasted masks (the model's
-        ``config.mask_binarize_threshold``, as recorded in ``export_info.json``).
+        ``config.postprocess.mask_threshold``, as recorded in ``export_info.json``).
       score_threshold: the model's threshold for detections to draw / write
-        (``config.predict_score_threshold``).
+        (``config.postprocess.predict_score_threshold``).
       source: the loaded path.
     """
 

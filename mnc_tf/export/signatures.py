@@ -77,30 +77,31 @@ def label_map(model):
 
 
 def model_settings(model):
-    """The pre- and post-processing an export bakes in or records, read from ``model.config``.
+    """The pre- and post-processing an export bakes in or records: the resize of
+    ``model.preprocessing`` and the mask size and thresholds of ``model.config``.
 
     Returns:
       dict ``short_side``, ``max_side`` (the resize, ints), ``mask_size``, ``mask_threshold``
-      (``config.mask_binarize_threshold``: binarisation of the pasted soft masks) and
-      ``score_threshold`` (``config.predict_score_threshold``: detections to draw / write by
-      default) — the values ``assets/export_info.json`` records.
+      (``config.postprocess.mask_threshold``: binarisation of the pasted soft masks) and
+      ``score_threshold`` (``config.postprocess.predict_score_threshold``: detections to draw
+      / write by default) — the values ``assets/export_info.json`` records.
 
     Raises:
-      ValueError: ``model.config`` lacks one of them (not an MNC model's config).
+      ValueError: the model lacks one of them (not an MNC model).
     """
-    config = getattr(model, "config", None)
     try:
+        preprocessing, config = model.preprocessing, model.config
         return {
-            "short_side": int(config.short_side),
-            "max_side": int(config.max_side),
-            "mask_size": config.mask_size,
-            "mask_threshold": config.mask_binarize_threshold,
-            "score_threshold": config.predict_score_threshold,
+            "short_side": int(preprocessing.short_side),
+            "max_side": int(preprocessing.max_side),
+            "mask_size": config.heads.mask_size,
+            "mask_threshold": config.postprocess.mask_threshold,
+            "score_threshold": config.postprocess.predict_score_threshold,
         }
     except AttributeError as e:
         raise ValueError(
-            f"model: expected `model.config.{e.name}` (an MNC model's config); got "
-            f"config={config!r}"
+            f"model: expected `{e.name}` on an MNC model (model.preprocessing, "
+            f"model.config.heads / .postprocess); got {type(model).__name__}"
         ) from None
 
 

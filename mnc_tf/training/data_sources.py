@@ -149,9 +149,9 @@ def build_datasets(config: ExperimentConfig, strategy, model_dir: str) -> DataSp
     train_ann, train_dir, val_ann, val_dir = _sources(data_cfg, model_dir)
     global_batch = strategy_lib.global_batch_size(data_cfg.per_replica_batch_size, strategy)
     common = dict(
-        short_side=mnc_cfg.short_side,
-        max_side=mnc_cfg.max_side,
-        max_instances=mnc_cfg.max_instances,
+        short_side=mnc_cfg.input.short_side,
+        max_side=mnc_cfg.input.max_side,
+        max_instances=mnc_cfg.input.max_instances,
         **data_cfg.loader_options,
     )
     train_kwargs = dict(

@@ -93,9 +93,9 @@ class TrainingSummaries(keras.callbacks.Callback):
       image_info: optional ``[n, 4, 2]`` image_info of ``images`` (valid region to crop).
       class_names: names of labels ``1..num_classes`` for the drawings.
       score_threshold: instances drawn when their score is at least this (``None``: the
-        model's ``config.predict_score_threshold``).
+        model's ``config.postprocess.predict_score_threshold``).
       mask_threshold: binarisation of the drawn soft masks (``None``: the model's
-        ``config.mask_binarize_threshold``).
+        ``config.postprocess.mask_threshold``).
     """
 
     def __init__(
@@ -164,10 +164,10 @@ class TrainingSummaries(keras.callbacks.Callback):
         config = self.model.config
         score_threshold = self.score_threshold
         if score_threshold is None:
-            score_threshold = config.predict_score_threshold
+            score_threshold = config.postprocess.predict_score_threshold
         mask_threshold = self.mask_threshold
         if mask_threshold is None:
-            mask_threshold = config.mask_binarize_threshold
+            mask_threshold = config.postprocess.mask_threshold
         pictures = []
         for i, image in enumerate(self.images):
             h, w = image.shape[:2]

@@ -12,7 +12,7 @@ What a run does, in order:
 4. builds ``mnc_tf.MNC`` inside ``strategy.scope()`` from the config as written, and
    ``compile()``s it with the paper's optimiser, at the learning rate scaled linearly to the
    global batch (logged; the optimizer holds it, the model's config keeps the user's), XLA off;
-5. ``fit``s for ``model.total_steps`` steps, reading an iterator created up front
+5. ``fit``s for ``model.optimizer.total_steps`` steps, reading an iterator created up front
    (:class:`ResumableInput`) so that the checkpoints hold the input pipeline's position, with,
    in this order, :class:`BackupAndRestore` (checkpoints every ``checkpoint_every`` steps,
    exact resume), evaluation every ``eval_every_epochs`` epochs (COCO box/mask AP and VOC
@@ -244,7 +244,7 @@ def train(
         mnc_cfg = config.mnc_config()
         splits = build_datasets(config, strategy, model_dir)
         global_batch = strategy_lib.global_batch_size(config.data.per_replica_batch_size, strategy)
-        lr = mnc_cfg.learning_rate
+        lr = mnc_cfg.optimizer.learning_rate
         if tcfg.scale_learning_rate:
             lr = strategy_lib.scaled_learning_rate(lr, global_batch, tcfg.reference_batch_size)
         logger.info(
@@ -254,7 +254,7 @@ def train(
             config.data.per_replica_batch_size,
             strategy.num_replicas_in_sync,
             lr,
-            mnc_cfg.learning_rate,
+            mnc_cfg.optimizer.learning_rate,
             tcfg.reference_batch_size,
             ", linear scaling" if tcfg.scale_learning_rate else ", not scaled",
         )
@@ -276,7 +276,7 @@ def train(
         # 5. Callbacks (order matters: BackupAndRestore first so its epoch bookkeeping runs
         # before any callback that may stop training; evaluation before the consumers of its
         # metrics).
-        total_steps = mnc_cfg.total_steps
+        total_steps = mnc_cfg.optimizer.total_steps
         spe = min(tcfg.steps_per_epoch, total_steps)
         epochs = math.ceil(total_steps / spe)
         multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -363,7 +363,7 @@ def train(
             "replicas": strategy.num_replicas_in_sync,
             "global_batch": global_batch,
             "learning_rate": lr,
-            "base_learning_rate": mnc_cfg.learning_rate,
+            "base_learning_rate": mnc_cfg.optimizer.learning_rate,
             "total_steps": total_steps,
             "restored_step": backup.restored_step,
             "final_step": step,

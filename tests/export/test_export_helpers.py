@@ -22,23 +22,26 @@ def test_label_map_defaults_to_contiguous_labels():
 
 
 def test_model_settings_come_from_the_model_config():
-    config = types.SimpleNamespace(
-        short_side=64.0,
-        max_side=96,
-        mask_size=14,
-        mask_binarize_threshold=0.3,
-        predict_score_threshold=0.7,
+    ns = types.SimpleNamespace
+    model = ns(
+        preprocessing=ns(short_side=64.0, max_side=96),
+        config=ns(
+            heads=ns(mask_size=14),
+            postprocess=ns(mask_threshold=0.3, predict_score_threshold=0.7),
+        ),
     )
-    assert model_settings(types.SimpleNamespace(config=config)) == {
+    assert model_settings(model) == {
         "short_side": 64,
         "max_side": 96,
         "mask_size": 14,
         "mask_threshold": 0.3,
         "score_threshold": 0.7,
     }
-    del config.mask_binarize_threshold
-    with pytest.raises(ValueError, match=r"model\.config\.mask_binarize_threshold"):
-        model_settings(types.SimpleNamespace(config=config))
+    del model.config.postprocess.mask_threshold
+    with pytest.raises(ValueError, match=r"expected `mask_threshold` on an MNC model"):
+        model_settings(model)
+    with pytest.raises(ValueError, match=r"expected `preprocessing`"):
+        model_settings(ns(config=model.config))
 
 
 def test_latest_version_dir(tmp_path):

@@ -31,12 +31,14 @@ def _features():
 def test_exported_model_matches_the_keras_model(tiny_model, export_base, version_dir):
     model = load_exported_model(export_base / "1" if version_dir else export_base)
     assert isinstance(model, ExportedModel)
-    assert (model.config.short_side, model.config.max_side) == (SHORT_SIDE, MAX_SIDE)
+    assert (model.config.input.short_side, model.config.input.max_side) == (SHORT_SIDE, MAX_SIDE)
     assert (model.preprocessing.short_side, model.preprocessing.max_side) == (SHORT_SIDE, MAX_SIDE)
     assert model.config.input.short_side == SHORT_SIDE
-    assert model.config.postprocess.mask_threshold == tiny_model.config.mask_binarize_threshold
-    assert model.config.mask_binarize_threshold == tiny_model.config.mask_binarize_threshold
-    assert model.config.predict_score_threshold == tiny_model.config.predict_score_threshold
+    assert model.config.postprocess.mask_threshold == tiny_model.config.postprocess.mask_threshold
+    assert (
+        model.config.postprocess.predict_score_threshold
+        == tiny_model.config.postprocess.predict_score_threshold
+    )
     assert model.class_names == CLASS_NAMES and model.category_ids == CATEGORY_IDS
     features = _features()
     out = {k: v.numpy() for k, v in model(features, training=False).items()}

@@ -40,7 +40,8 @@ SHRINK = {
     ],
     "paper": [
         "model.backbone=tiny",
-        "model.backbone_options.weights=null",  # shipped: imagenet (a download) for VGG-16 / ResNet-101
+        # shipped: imagenet (a download) for VGG-16 / ResNet-101
+        "model.backbone_options.weights=null",
         "model.input.short_side=64",
         "model.input.max_side=64",
         "model.rpn.anchor_base_size=2",

@@ -45,7 +45,7 @@ def test_scaled_rate_goes_to_the_optimizer_and_the_saved_config_keeps_the_users(
 
     # The saved model: its config has the user's rate, its optimizer the scaled one.
     model = mnc_tf.load_model(str(run / "final.keras"))
-    assert model.config.learning_rate == pytest.approx(user_lr)
+    assert model.config.optimizer.learning_rate == pytest.approx(user_lr)
     schedule = model.optimizer._learning_rate
     assert schedule.learning_rate == pytest.approx(scaled_lr)
     with open(run / "run_info.json") as f:
