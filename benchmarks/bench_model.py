@@ -126,7 +126,7 @@ def precision_main(args):
         "device": "cpu" if not tf.config.list_physical_devices("GPU") else "gpu",
         "batch": 1,
         "num_classes": args.num_classes,
-        "proposals": MNCConfig().rpn_post_nms_topk_test,
+        "proposals": MNCConfig().rpn.post_nms_topk_test,
         "precision": low,
         "runs": args.runs,
         "load_average_before": list(os.getloadavg()),

@@ -35,8 +35,8 @@ from mnc_tf.config import MNCConfig
 _GOLDEN = 0.618033988749895
 
 # The defaults for drawings made without a model (module docstring): a default config's.
-DEFAULT_MASK_THRESHOLD = MNCConfig().mask_binarize_threshold
-DEFAULT_SCORE_THRESHOLD = MNCConfig().predict_score_threshold
+DEFAULT_MASK_THRESHOLD = MNCConfig().postprocess.mask_threshold
+DEFAULT_SCORE_THRESHOLD = MNCConfig().postprocess.predict_score_threshold
 
 
 def instance_colors(n, saturation=0.85, value=0.95):

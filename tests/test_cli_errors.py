@@ -87,8 +87,15 @@ def _yaml(tmp_path, text):
 @pytest.mark.parametrize(
     "text, fragments",
     [
-        ("model:\n  learning_rate: fast\n", ["model.learning_rate", "a number", "'fast'"]),
-        ("model:\n  anchor_scales: 4.0\n", ["model.anchor_scales", "a list", "4.0"]),
+        (
+            "model:\n  optimizer:\n    learning_rate: fast\n",
+            ["model.optimizer.learning_rate", "a number", "'fast'"],
+        ),
+        ("model:\n  rpn:\n    anchor_scales: 4.0\n", ["model.rpn.anchor_scales", "a list", "4.0"]),
+        (
+            "model:\n  total_steps: 100\n",
+            ["model.total_steps", "is now", "model.optimizer.total_steps"],
+        ),
         ("model:\n  backbone: resnet9000\n", ["model.backbone", "tiny", "'resnet9000'"]),
         ("model:\n  backbone: [tiny\n", ["not valid YAML", "expected ',' or ']'", "line 3"]),
     ],
@@ -103,10 +110,13 @@ def test_train_bad_yaml_values_name_the_file_and_key(tmp_path, text, fragments):
 @pytest.mark.parametrize(
     "override, fragments",
     [
-        ("model.rpn.anchor_scales=[4,8", ["--set model.anchor_scales", "'[4,8'", "a list"]),
+        ("model.rpn.anchor_scales=[4,8", ["--set model.rpn.anchor_scales", "'[4,8'", "a list"]),
         ("model.backbone=resnet9000", ["model.backbone", "vgg16", "'resnet9000'"]),
         ("model.num_stages=4", ["model.num_stages", "odd number >= 3", "4"]),
-        ("model.optimizer.learning_rate=fast", ["--set model.learning_rate", "a number", "'fast'"]),
+        (
+            "model.optimizer.learning_rate=fast",
+            ["--set model.optimizer.learning_rate", "a number", "'fast'"],
+        ),
     ],
 )
 def test_train_bad_overrides_fail_before_any_data_or_file(tmp_path, override, fragments):

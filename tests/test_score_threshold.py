@@ -13,7 +13,7 @@ from mnc_tf.cli import predict as predict_cli
 
 
 def test_config_default_and_range():
-    assert mnc_tf.MNCConfig().predict_score_threshold == 0.5
+    assert mnc_tf.MNCConfig().postprocess.predict_score_threshold == 0.5
     with pytest.raises(ValueError, match="predict_score_threshold must be in \\[0, 1\\], got 1.5"):
         mnc_tf.MNCConfig(predict_score_threshold=1.5)
 

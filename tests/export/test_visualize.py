@@ -66,8 +66,8 @@ def test_box_relative_masks_are_pasted_like_paste_masks():
 def test_defaults_are_a_default_config_s_and_a_given_mask_threshold_is_used():
     from mnc_tf.config import MNCConfig
 
-    assert visualize.DEFAULT_MASK_THRESHOLD == MNCConfig().mask_binarize_threshold
-    assert visualize.DEFAULT_SCORE_THRESHOLD == MNCConfig().predict_score_threshold
+    assert visualize.DEFAULT_MASK_THRESHOLD == MNCConfig().postprocess.mask_threshold
+    assert visualize.DEFAULT_SCORE_THRESHOLD == MNCConfig().postprocess.predict_score_threshold
     image, boxes, _ = _scene()
     soft = np.random.default_rng(1).uniform(size=(2, 14, 14)).astype(np.float32)
     for threshold in (0.2, 0.7):

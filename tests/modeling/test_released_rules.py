@@ -302,7 +302,7 @@ def test_imagenet_fc_start_both_pathways(monkeypatch):
             np.testing.assert_array_equal(got[0], fc[suffix][0])
             np.testing.assert_array_equal(got[1], fc[suffix][1])
     saved = MNCConfig.from_dict(model.get_config()["config"])
-    assert saved.backbone_weights is None  # no download on load
+    assert saved.backbone_options.weights is None  # no download on load
     with pytest.raises(ValueError, match=r"box_pathway_fc1 needs weights of shapes"):
         MNC(2, backbone="vgg16", num_stages=3, config=cfg.replace(fc_dim=4))
     with pytest.raises(ValueError, match=r"backbone_weights='imagenet' needs"):
