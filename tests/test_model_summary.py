@@ -43,14 +43,18 @@ def test_summary_before_and_after_call_and_after_load(tmp_path):
     model.save(path)
     loaded = mnc_tf.load_model(path)
     # What consumers (mnc-eval, mnc-predict, evaluate_model, the export) read from the model.
-    for field in (
-        "short_side",
-        "max_side",
-        "input_normalization",
-        "mask_binarize_threshold",
-        "predict_score_threshold",
+    assert loaded.config == config  # the whole tree round-trips through the .keras file
+    for section, field in (
+        ("input", "short_side"),
+        ("input", "max_side"),
+        ("input", "normalization"),
+        ("postprocess", "mask_threshold"),
+        ("postprocess", "predict_score_threshold"),
     ):
-        assert getattr(loaded.config, field) == getattr(config, field), field
+        got = getattr(getattr(loaded.config, section), field)
+        assert got == getattr(getattr(config, section), field), field
+    pre = loaded.preprocessing  # the saved Preprocessing layer carries the resize sides
+    assert (pre.short_side, pre.max_side) == (config.input.short_side, config.input.max_side)
     reloaded = _summary(loaded)
     assert total == [line for line in reloaded.splitlines() if "Total params" in line]
     loaded(np.zeros((1, 64, 64, 3), np.uint8))

@@ -4,7 +4,6 @@ ground-truth-derived predictions in the docs/CONTRACTS.md format."""
 import glob
 import json
 import logging
-import types
 import zipfile
 
 import keras
@@ -14,8 +13,10 @@ import tensorflow as tf
 from pycocotools.coco import COCO
 
 from mnc_tf.cli import evaluate as cli
+from mnc_tf.config import MNCConfig
 from mnc_tf.data import coco_dataset, make_shapes_dataset
 from mnc_tf.evaluation import COCOEvaluator, EvaluationCallback, VOCEvaluator, evaluate_model
+from mnc_tf.preprocessing import Preprocessing
 
 K = 8  # max_detections of the fake model
 M = 64  # box-relative mask side
@@ -41,10 +42,10 @@ class PerfectModel(keras.Model):
 
     def __init__(self, annotation_file, category_ids, config=None, **kwargs):
         super().__init__(**kwargs)
-        # What an MNC carries: the preprocessing its consumers must use.
-        self.config = config or types.SimpleNamespace(
-            short_side=SHORT_SIDE, max_side=SHORT_SIDE, mask_binarize_threshold=0.4
-        )
+        # What an MNC carries: the preprocessing its consumers must use (its Preprocessing
+        # layer's resize sides, its config's mask threshold).
+        self.config = config or MNCConfig(short_side=SHORT_SIDE, max_side=SHORT_SIDE)
+        self.preprocessing = Preprocessing(self.config.input.short_side, self.config.input.max_side)
         self.num_classes = len(category_ids)
         self.seen_image_shapes = []
         coco = COCO(annotation_file)
@@ -209,7 +210,7 @@ def test_cli_resizes_as_the_model_was_trained_unless_told(
 ):
     """No 600/1000 default of its own: the model's short_side/max_side (flags override)."""
     info = _dataset(shapes).info
-    config = types.SimpleNamespace(short_side=160, max_side=160, mask_binarize_threshold=0.4)
+    config = MNCConfig(short_side=160, max_side=160, mask_binarize_threshold=0.4)
     model = PerfectModel(shapes.annotation_file, info.category_ids, config=config)
     monkeypatch.setattr(cli, "load_mnc_model", lambda path, flag: model)
     out = tmp_path / "metrics.json"
@@ -233,7 +234,7 @@ def test_evaluate_model_warns_when_the_dataset_resizes_unlike_the_model(shapes, 
     with caplog.at_level(logging.WARNING, logger="mnc_tf.evaluation"):
         evaluate_model(same, ds, [COCOEvaluator(shapes.annotation_file)])
     assert "trained with short_side" not in caplog.text
-    config = types.SimpleNamespace(short_side=600, max_side=1000, mask_binarize_threshold=0.4)
+    config = MNCConfig(short_side=600, max_side=1000, mask_binarize_threshold=0.4)
     other = PerfectModel(shapes.annotation_file, ds.info.category_ids, config=config)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="mnc_tf.evaluation"):
@@ -255,9 +256,7 @@ def test_evaluate_model_binarises_masks_at_the_models_threshold(shapes, monkeypa
 
     monkeypatch.setattr(evaluate_lib, "outputs_to_original", spy)
     ds = _dataset(shapes)
-    config = types.SimpleNamespace(
-        short_side=SHORT_SIDE, max_side=SHORT_SIDE, mask_binarize_threshold=0.65
-    )
+    config = MNCConfig(short_side=SHORT_SIDE, max_side=SHORT_SIDE, mask_binarize_threshold=0.65)
     model = PerfectModel(shapes.annotation_file, ds.info.category_ids, config=config)
     evaluate_model(model, ds, [COCOEvaluator(shapes.annotation_file)])
     assert set(seen) == {0.65}
