@@ -40,6 +40,17 @@ class DataSplits:
     val_annotations: object = None
 
 
+def _spec_matches(spec_file, ann, spec):
+    """Whether a complete split with these generation parameters is already in place."""
+    if not (os.path.isfile(spec_file) and os.path.isfile(ann)):
+        return False
+    try:
+        with open(spec_file) as f:
+            return json.load(f) == spec
+    except (OSError, ValueError):
+        return False
+
+
 def ensure_shapes_dataset(shapes_cfg, split: str, num_images: int) -> tuple[str, str]:
     """Generate (once) one split of the synthetic shapes dataset; returns ``(json, image_dir)``.
 
@@ -61,10 +72,8 @@ def ensure_shapes_dataset(shapes_cfg, split: str, num_images: int) -> tuple[str,
     spec_file = os.path.join(target, "spec.json")
     ann = os.path.join(target, "annotations.json")
     images = os.path.join(target, "images")
-    if os.path.isfile(spec_file) and os.path.isfile(ann):
-        with open(spec_file) as f:
-            if json.load(f) == spec:
-                return ann, images
+    if _spec_matches(spec_file, ann, spec):
+        return ann, images
     tmp_root = os.path.join(root, f".tmp-{uuid.uuid4().hex}")
     try:
         logger.info("generating %d synthetic shapes images (%s) in %s", num_images, split, target)
@@ -79,6 +88,10 @@ def ensure_shapes_dataset(shapes_cfg, split: str, num_images: int) -> tuple[str,
         )
         with open(os.path.join(tmp_root, split, "spec.json"), "w") as f:
             json.dump(spec, f)
+        if _spec_matches(spec_file, ann, spec):
+            # Another worker finished the same split first: keep its copy (replacing it
+            # would pull the directory from under that worker's loader).
+            return ann, images
         if os.path.isdir(target):
             trash = f"{target}.old-{uuid.uuid4().hex}"
             os.rename(target, trash)
